@@ -1,0 +1,202 @@
+"""Image- and pixel-level anomaly metrics, accumulated on the module's device.
+
+All curves come from one exact routine: sort the scores once, accumulate per-element weights,
+read the curve at every distinct threshold. AUROC, AUPRO and the F1-optimal threshold are
+therefore exact (no binning), agree with scikit-learn / MVTec's reference definitions, and run
+on the GPU when the module is there. Only the connected components of the ground-truth masks
+are labelled on the host, once per test run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+def _accum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def cumulative_curve(scores: torch.Tensor, *weights: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Thresholds (descending, distinct) and, per weight vector, the sum of weights with score >= threshold.
+
+    Ties are resolved as a real threshold would: all elements with the same score enter together.
+    """
+    order = torch.argsort(scores, descending=True)
+    sorted_scores = scores[order]
+    dtype = _accum_dtype(scores.device)
+    sums = [torch.cumsum(w[order].to(dtype), 0) for w in weights]
+    # last index of each run of equal scores
+    last = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    return sorted_scores[last], [s[last] for s in sums]
+
+
+def trapezoid_to(x: torch.Tensor, y: torch.Tensor, x_max: float) -> torch.Tensor:
+    """Area under the piecewise-linear curve (0,0),(x,y)... from 0 to x_max (x ascending)."""
+    zero = torch.zeros(1, dtype=x.dtype, device=x.device)
+    x = torch.cat([zero, x])
+    y = torch.cat([zero, y])
+    if x[-1] < x_max:  # the curve ends early (cannot happen for full ROC curves): extend flat
+        x = torch.cat([x, x.new_tensor([x_max])])
+        y = torch.cat([y, y[-1:]])
+    inside = x <= x_max
+    idx = int(inside.sum()) - 1  # last point at or below x_max
+    xs, ys = x[: idx + 1], y[: idx + 1]
+    if xs[-1] < x_max:  # interpolate the crossing point
+        x0, x1, y0, y1 = x[idx], x[idx + 1], y[idx], y[idx + 1]
+        y_cut = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+        xs = torch.cat([xs, xs.new_tensor([x_max])])
+        ys = torch.cat([ys, y_cut.reshape(1)])
+    return torch.trapezoid(ys, xs)
+
+
+def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Exact ROC AUC (equals sklearn.metrics.roc_auc_score); None when only one class is present."""
+    labels = labels.flatten().bool()
+    scores = scores.flatten()
+    n_pos = int(labels.sum())
+    n_neg = labels.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, (tp, fp) = cumulative_curve(scores, labels, ~labels)
+    return float(trapezoid_to(fp / n_neg, tp / n_pos, 1.0))
+
+
+def f1_max(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float] | tuple[None, None]:
+    """Best F1 over all thresholds (prediction = score >= t) and that threshold."""
+    labels = labels.flatten().bool()
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        return None, None
+    thresholds, (tp, fp) = cumulative_curve(scores.flatten(), labels, ~labels)
+    f1 = 2 * tp / (tp + fp + n_pos)  # = 2PR / (P + R)
+    best = int(torch.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def label_regions(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Connected ground-truth regions (8-connectivity, as MVTec's reference): ids and sizes.
+
+    Returns a long tensor like `masks` with -1 on normal pixels and a global region id
+    0..R-1 on defective ones, and the pixel count of every region.
+    """
+    masks_np = masks.detach().to("cpu", torch.uint8).numpy()
+    ids = np.full(masks_np.shape, -1, dtype=np.int64)
+    offset = 0
+    for i, mask in enumerate(masks_np):
+        n, labels = cv2.connectedComponents(mask, connectivity=8)
+        if n > 1:
+            ids[i] = np.where(labels > 0, labels - 1 + offset, -1)
+            offset += n - 1
+    ids_t = torch.from_numpy(ids).to(masks.device)
+    sizes = torch.bincount(ids_t[ids_t >= 0], minlength=offset)
+    return ids_t, sizes
+
+
+def pixel_aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3) -> float | None:
+    """Area under the per-region-overlap curve up to `fpr_limit`, divided by `fpr_limit`.
+
+    PRO at a threshold = mean over all ground-truth regions of the share of the region's pixels
+    above it; FPR = share of normal pixels above it (MVTec AD's definition, Bergmann et al. 2021).
+    None when there is no defective or no normal pixel.
+    """
+    regions, sizes = label_regions(masks)
+    regions, scores = regions.flatten(), maps.flatten()
+    normal = regions < 0
+    n_normal = int(normal.sum())
+    n_regions = sizes.numel()
+    if n_regions == 0 or n_normal == 0:
+        return None
+    dtype = _accum_dtype(scores.device)
+    # each defective pixel carries 1 / (R * |region|): summing them gives the mean overlap
+    region_weight = torch.zeros_like(scores, dtype=dtype)
+    region_weight[~normal] = 1.0 / (n_regions * sizes[regions[~normal]].to(dtype))
+    _, (fp, pro) = cumulative_curve(scores, normal, region_weight)
+    return float(trapezoid_to(fp / n_normal, pro, fpr_limit) / fpr_limit)
+
+
+def confusion_at(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float | None]:
+    """Precision, recall, specificity, balanced accuracy, F1 and error rate of score >= threshold."""
+    pred = scores >= threshold
+    labels = labels.bool()
+    tp = int((pred & labels).sum())
+    fp = int((pred & ~labels).sum())
+    fn = int((~pred & labels).sum())
+    tn = int((~pred & ~labels).sum())
+
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    precision, recall, specificity = ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(tn, tn + fp)
+    balanced = None if recall is None or specificity is None else (recall + specificity) / 2
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "balanced_accuracy": balanced,
+        "f1": f1,
+        "error_rate": ratio(fp + fn, tp + fp + fn + tn),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+class AnomalyMetrics(Metric):
+    """Collects scores, labels and (optionally) maps and masks; computes every test metric at once.
+
+    States are concatenated across processes by torchmetrics, so DDP test runs see every image.
+    Maps stay float32 (half precision would create ties and shift AUROC); masks are uint8.
+    """
+
+    full_state_update = False
+
+    def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
+        super().__init__()
+        self.pixel = pixel
+        self.fpr_limit = fpr_limit
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("maps", default=[], dist_reduce_fx="cat")
+        self.add_state("masks", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None,
+               masks: torch.Tensor | None = None) -> None:
+        self.scores.append(scores.detach().flatten().float())
+        self.labels.append(labels.detach().flatten().to(torch.uint8))
+        if self.pixel and maps is not None and masks is not None:
+            self.maps.append(maps.detach().squeeze(1).float())
+            self.masks.append((masks.detach().squeeze(1) > 0.5).to(torch.uint8))
+
+    def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
+        scores = dim_zero_cat(self.scores)
+        labels = dim_zero_cat(self.labels).bool()
+        f1, f1_threshold = f1_max(scores, labels)
+        result: dict[str, float | int | None] = {
+            "n_test": int(labels.numel()),
+            "n_defective": int(labels.sum()),
+            "image_auroc": binary_auroc(scores, labels),
+            "pixel_auroc": None,
+            "pixel_aupro": None,
+            "image_f1_max": f1,
+            "image_f1_max_threshold": f1_threshold,
+        }
+        if self.pixel and self.maps:
+            maps = dim_zero_cat(self.maps)
+            masks = dim_zero_cat(self.masks).bool()
+            result["pixel_auroc"] = binary_auroc(maps, masks)
+            result["pixel_aupro"] = pixel_aupro(maps, masks, self.fpr_limit)
+        valid = threshold is not None and math.isfinite(threshold)
+        result["threshold"] = threshold if valid else None
+        at = confusion_at(scores, labels, threshold) if valid else {}
+        for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):
+            result[key] = at.get(key)
+        return result

@@ -1,0 +1,206 @@
+"""What every detector shares: the output contract, map post-processing, and the Lightning steps.
+
+A detector is a pure `nn.Module` whose forward maps images in [0, 1] to `AnomalyOutput`, wrapped
+by a thin `AnomalyModule` subclass that only says how to train it. Validation-threshold fitting,
+test metrics, metrics.json, TensorBoard logging and predict live here, written once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from torch import nn
+
+from mvtec_ad.data.dataset import Batch
+from mvtec_ad.evaluation.metrics import AnomalyMetrics
+from mvtec_ad.evaluation.plots import heatmap_triptych, save_png
+from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+
+METRIC_KEYS = (
+    "detector",
+    "category",
+    "protocol",
+    "n_test",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_f1_max",
+    "threshold",
+    "precision",
+    "recall",
+    "specificity",
+    "balanced_accuracy",
+    "error_rate",
+)
+
+
+class AnomalyOutput(NamedTuple):
+    """Image scores [B] and anomaly maps [B, 1, H, W] at the input resolution (higher = more anomalous)."""
+
+    score: torch.Tensor
+    map: torch.Tensor
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian truncated at 4 sigma (scipy.ndimage's default)."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+class AnomalyMapHead(nn.Module):
+    """Raw low-resolution map -> AnomalyOutput: score by the detector's rule, map upsampled and blurred.
+
+    The score is taken from the raw map (top-k mean or max, as the seeds define it); the map is
+    bilinearly upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as
+    is usual on MVTec AD). Being an nn.Module, it is part of every exported model.
+    """
+
+    def __init__(self, sigma: float = 4.0, score: Literal["max", "topk", "mean"] = "max", top_k: int = 10):
+        super().__init__()
+        self.sigma = sigma
+        self.score_rule = score
+        self.top_k = top_k
+        self.register_buffer("kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False)
+
+    def image_score(self, raw_map: torch.Tensor) -> torch.Tensor:
+        flat = raw_map.flatten(1)
+        if self.score_rule == "max":
+            return flat.amax(1)
+        if self.score_rule == "mean":
+            return flat.mean(1)
+        return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(1)
+
+    def blur(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        k = self.kernel.to(maps.dtype)
+        pad = k.numel() // 2
+        # reflect padding needs pad < size; fall back to replicate for tiny maps
+        mode = "reflect" if pad < min(maps.shape[-2:]) else "replicate"
+        maps = F.conv2d(F.pad(maps, (pad, pad, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(maps, (0, 0, pad, pad), mode=mode), k.view(1, 1, -1, 1))
+
+    def forward(self, raw_map: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
+        maps = F.interpolate(raw_map, size=size, mode="bilinear", align_corners=False)
+        return AnomalyOutput(self.image_score(raw_map), self.blur(maps))
+
+
+class AnomalyModule(L.LightningModule):
+    """Thin Lightning wrapper around a pure detector `self.model`; shared evaluation for all detectors.
+
+    Subclasses set `detector_name`, build `self.model`, and implement training (if any). The
+    validation pass collects image scores of normal validation images; at its end the operating
+    threshold is fitted and stored in a buffer, so it travels in every checkpoint and export.
+    """
+
+    detector_name = "detector"
+
+    def __init__(self, threshold: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
+        super().__init__()
+        self.threshold_config = threshold or ThresholdConfig()
+        self.num_overlays = num_overlays
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self._val_scores: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+        self.test_results: dict | None = None
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        return self.model(images)
+
+    # ---- validation: threshold fitting -------------------------------------------------------
+    def collect_validation_scores(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        self._val_scores.append(scores.detach())
+        self._val_labels.append(labels.detach())
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.collect_validation_scores(self(batch.image).score, batch.label)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores, self._val_labels = [], []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_scores:
+            return
+        scores = self.all_gather(torch.cat(self._val_scores)).flatten()
+        labels = self.all_gather(torch.cat(self._val_labels)).flatten()
+        value = fit_threshold(scores, labels, self.threshold_config)
+        self.threshold.fill_(value)
+        if math.isfinite(value):
+            self.log("val_threshold", value, sync_dist=False)
+
+    # ---- test: metrics, metrics.json, overlays ----------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        pixel = bool(getattr(datamodule, "has_masks", True))
+        self.test_metrics = AnomalyMetrics(pixel=pixel).to(self.device)
+        self._overlays: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, str]] = []
+        if not math.isfinite(float(self.threshold)):
+            rank_zero_warn(
+                "No operating threshold in this model (no validation data was seen): precision, recall "
+                "and the other thresholded metrics are reported as null."
+            )
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self(batch.image)
+        self.test_metrics.update(out.score, batch.label, out.map, batch.mask)
+        for i in range(len(batch)):
+            if len(self._overlays) >= self.num_overlays:
+                break
+            if batch.label[i] == 1 or len(self._overlays) < self.num_overlays // 3:
+                self._overlays.append(
+                    (batch.image[i].cpu(), out.map[i, 0].cpu(), batch.mask[i, 0].cpu(), float(out.score[i]), batch.path[i])
+                )
+
+    def on_test_epoch_end(self) -> None:
+        threshold = float(self.threshold)
+        metrics = self.test_metrics.compute(threshold if math.isfinite(threshold) else None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        results = {
+            "detector": self.detector_name,
+            "category": getattr(datamodule, "category", None),
+            "protocol": getattr(datamodule, "protocol", None),
+            **metrics,
+            "image_size": getattr(datamodule, "image_size", None),
+            "root": str(getattr(datamodule, "root", "")) or None,
+            "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+        }
+        self.test_results = {key: results[key] for key in METRIC_KEYS} | results
+        loggable = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.log_dict(loggable, sync_dist=False)
+        self._write_test_outputs()
+
+    @rank_zero_only
+    def _write_test_outputs(self) -> None:
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "metrics.json").write_text(json.dumps(self.test_results, indent=2) + "\n")
+        rank_zero_info(f"Test metrics written to {log_dir / 'metrics.json'}")
+        if not self._overlays:
+            return
+        maps = torch.stack([o[1] for o in self._overlays])
+        vmin, vmax = float(maps.min()), float(maps.max())
+        tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        for i, (image, amap, mask, score, path) in enumerate(self._overlays):
+            panel = heatmap_triptych(image, amap, mask, vmin, vmax)
+            save_png(log_dir / "overlays" / f"{i:02d}_{Path(path).parent.name}_{Path(path).stem}.png", panel)
+            if tensorboard is not None:
+                tensorboard.experiment.add_image(
+                    f"test_overlays/{i:02d}_{Path(path).parent.name}", panel, self.global_step, dataformats="HWC"
+                )
+
+    # ---- predict -----------------------------------------------------------------------------
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict:
+        out = self(batch.image)
+        threshold = self.threshold
+        label = out.score >= threshold if torch.isfinite(threshold) else torch.full_like(out.score, -1)
+        return {"path": batch.path, "score": out.score, "map": out.map, "label": label}

@@ -1,0 +1,241 @@
+"""Autoencoders on deep features: DFR (Yang et al. 2021; seed dfr-reproduction).
+
+Frozen backbone layers (ResNet50 layer2 + layer3 by default) are smoothed by a 3x3 average
+pool, resized to the finest layer's grid and concatenated; a 1x1 convolutional autoencoder
+(C-400-200-d-200-400-C, BatchNorm + ReLU) learns to reconstruct these features on normal images.
+The per-location L2 reconstruction error is the anomaly map; the image score is the mean of its
+top-k values (k = 10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mvtec_ad.backbones import FeatureExtractor
+from mvtec_ad.data.dataset import Batch
+from mvtec_ad.evaluation.thresholds import ThresholdConfig
+from mvtec_ad.models.base import AnomalyModule, AnomalyMapHead, AnomalyOutput
+
+HIDDEN = (400, 200)
+
+
+def fuse_features(features: Sequence[torch.Tensor], pool_kernel: int = 3) -> torch.Tensor:
+    """Average-pool each map (stride 1, same size), resize all to the finest grid, concatenate channels."""
+    target = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+    fused = []
+    for f in features:
+        if pool_kernel > 1:
+            f = F.avg_pool2d(f, pool_kernel, stride=1, padding=pool_kernel // 2, count_include_pad=False)
+        if f.shape[-2:] != target:
+            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
+        fused.append(f)
+    return torch.cat(fused, dim=1)
+
+
+def conv1x1_autoencoder(channels: int, latent_dim: int, hidden: Sequence[int] = HIDDEN) -> nn.Sequential:
+    """1x1 conv encoder/decoder C-h1-h2-d-h2-h1-C; BN + ReLU after every layer but the bottleneck and output."""
+    widths = [channels, *hidden, latent_dim, *reversed(hidden), channels]
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Conv2d(cin, cout, kernel_size=1))
+        is_linear = i in (len(hidden), len(widths) - 2)  # bottleneck and output stay linear
+        if not is_linear:
+            layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def bottleneck_width(autoencoder: nn.Sequential) -> int:
+    """d of a conv1x1_autoencoder: the input width of its middle convolution."""
+    convs = [m for m in autoencoder if isinstance(m, nn.Conv2d)]
+    return convs[len(convs) // 2].in_channels
+
+
+def latent_dim_from_pca(covariance: torch.Tensor, variance: float) -> int:
+    """Smallest number of principal components that explains `variance` of the total variance."""
+    eigenvalues = torch.linalg.eigvalsh(covariance).flip(0).clamp_min(0)
+    explained = torch.cumsum(eigenvalues, 0) / eigenvalues.sum()
+    return int(torch.searchsorted(explained, torch.tensor(variance, dtype=explained.dtype)).item()) + 1
+
+
+class DFRModel(nn.Module):
+    """Pure DFR detector: images in [0, 1] -> AnomalyOutput. Exportable, no Lightning inside.
+
+    `fit_statistics` must run once on normal images before training: it sets the channel
+    normalisation and builds the autoencoder (with d from PCA unless d is given).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        top_k: int = 10,
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.pool_kernel = pool_kernel
+        self.channels = sum(self.extractor.channels)
+        self.register_buffer("feature_mean", torch.zeros(1, self.channels, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, self.channels, 1, 1))
+        self.autoencoder: nn.Sequential | None = None
+        self.head = AnomalyMapHead(sigma=sigma, score="topk", top_k=top_k)
+
+    @property
+    def latent_dim(self) -> int | None:
+        """Bottleneck width d of the built autoencoder."""
+        return None if self.autoencoder is None else bottleneck_width(self.autoencoder)
+
+    def build_autoencoder(self, latent_dim: int) -> None:
+        device = self.feature_mean.device
+        self.autoencoder = conv1x1_autoencoder(self.channels, latent_dim).to(device)
+
+    def fused_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused backbone features, before channel normalisation."""
+        with torch.no_grad():
+            return fuse_features(self.extractor(images), self.pool_kernel)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused, channel-normalised features: the autoencoder's input and target."""
+        return (self.fused_features(images) - self.feature_mean) / self.feature_std
+
+    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        if self.autoencoder is None:
+            raise RuntimeError(
+                "DFR autoencoder is not built: fit the model first or load a checkpoint (--ckpt_path)."
+            )
+        return self.autoencoder(features)
+
+    @staticmethod
+    def error_map(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Per-location L2 reconstruction error [B, 1, h, w]."""
+        return (features - reconstruction).pow(2).sum(1, keepdim=True).sqrt()
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        features = self.features(images)
+        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:])
+
+    @torch.no_grad()
+    def fit_statistics(
+        self, loader: DataLoader, channel_norm: bool, latent_dim: int | None, pca_variance: float
+    ) -> int:
+        """One pass over normal images: channel mean/std and the feature covariance (for PCA d).
+
+        Sums run in float64 over every feature vector, so the statistics are exact, not sampled.
+        Returns the latent dimension the autoencoder was built with.
+        """
+        device = self.feature_mean.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        count, total = 0, torch.zeros(self.channels, dtype=dtype, device=device)
+        outer = torch.zeros(self.channels, self.channels, dtype=dtype, device=device)
+        for batch in loader:
+            x = self.fused_features(batch.image.to(device)).permute(0, 2, 3, 1).reshape(-1, self.channels).to(dtype)
+            count += x.shape[0]
+            total += x.sum(0)
+            outer += x.T @ x
+        mean = total / count
+        covariance = (outer - count * torch.outer(mean, mean)) / max(count - 1, 1)
+        std = covariance.diagonal().clamp_min(1e-12).sqrt()
+        if channel_norm:
+            self.feature_mean.copy_(mean.view(1, -1, 1, 1).float())
+            self.feature_std.copy_(std.view(1, -1, 1, 1).float())
+            covariance = covariance / torch.outer(std, std)
+        if latent_dim is None:
+            latent_dim = latent_dim_from_pca(covariance, pca_variance)
+            if latent_dim > HIDDEN[-1]:
+                rank_zero_info(f"DFR: PCA asks for d={latent_dim}; capped at the hidden width {HIDDEN[-1]}.")
+                latent_dim = HIDDEN[-1]
+        self.build_autoencoder(latent_dim)
+        return latent_dim
+
+
+class DFR(AnomalyModule):
+    """Deep Feature Reconstruction (seed dfr-reproduction) as a LightningModule.
+
+    Args:
+        backbone, layers, weights: feature source (see mvtec_ad.backbones).
+        pool_kernel: average-pool kernel applied to each layer before fusion.
+        latent_dim: bottleneck width d; None = PCA on training features keeping `pca_variance`.
+        channel_norm: normalise fused channels by their training mean/std.
+        top_k: image score = mean of the k largest map values.
+        sigma: Gaussian blur of the upsampled map.
+        lr: Adam learning rate.
+        early_stopping_patience: epochs without val_loss improvement before stopping.
+    """
+
+    detector_name = "dfr"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        latent_dim: int | None = None,
+        pca_variance: float = 0.95,
+        channel_norm: bool = True,
+        top_k: int = 10,
+        sigma: float = 4.0,
+        lr: float = 1e-3,
+        early_stopping_patience: int = 10,
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.model = DFRModel(backbone, layers, weights, pool_kernel, top_k, sigma)
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.model.autoencoder is not None or self.trainer.ckpt_path:
+            return  # built already, or a checkpoint will provide it (on_load_checkpoint)
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "feature_dataloader"):
+            raise RuntimeError("DFR needs a DataModule with feature_dataloader() to fit its statistics.")
+        if len(datamodule.val_set) == 0:
+            raise ValueError("DFR needs normal validation images: set --data.val_split above 0 (e.g. 0.2).")
+        self.model.to(self.trainer.strategy.root_device)
+        d = self.model.fit_statistics(
+            datamodule.feature_dataloader(), self.hparams.channel_norm, self.hparams.latent_dim, self.hparams.pca_variance
+        )
+        rank_zero_info(f"DFR: {self.model.channels} fused channels, latent dim d={d}.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.model.autoencoder is None:
+            convs = sorted(
+                (k for k in checkpoint["state_dict"] if k.startswith("model.autoencoder.") and k.endswith(".weight")
+                 and checkpoint["state_dict"][k].ndim == 4),
+                key=lambda k: int(k.split(".")[2]),
+            )
+            self.model.build_autoencoder(checkpoint["state_dict"][convs[len(convs) // 2]].shape[1])
+
+    def _loss_and_error(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(images)
+        reconstruction = self.model.reconstruct(features)
+        return F.mse_loss(reconstruction, features), self.model.error_map(features, reconstruction)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss_and_error(batch.image)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, error = self._loss_and_error(batch.image)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        self.collect_validation_scores(self.model.head.image_score(error), batch.label)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
+
+    def configure_callbacks(self) -> list:
+        return [
+            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
+            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
+        ]

@@ -1,0 +1,131 @@
+"""Metrics against independent references: scikit-learn's AUROC and a plain-loop AUPRO."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from sklearn.metrics import f1_score, roc_auc_score
+
+from mvtec_ad.evaluation.metrics import AnomalyMetrics, binary_auroc, confusion_at, f1_max, pixel_aupro
+
+
+def reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Straight from the definition: a threshold at every distinct score, loops over regions."""
+    structure = np.ones((3, 3), dtype=int)  # 8-connectivity, as MVTec's evaluation code
+    regions = []
+    for m, mask in zip(maps, masks):
+        labelled, n = ndimage.label(mask, structure=structure)
+        regions += [m[labelled == r] for r in range(1, n + 1)]
+    normal_scores = maps[masks == 0]
+    thresholds = np.unique(maps)[::-1]
+    fprs, pros = [0.0], [0.0]
+    for t in thresholds:
+        fprs.append(float((normal_scores >= t).mean()))
+        pros.append(float(np.mean([(r >= t).mean() for r in regions])))
+    fprs, pros = np.array(fprs), np.array(pros)
+    # integrate up to fpr_limit with linear interpolation at the cut
+    keep = fprs <= fpr_limit
+    x, y = fprs[keep], pros[keep]
+    if x[-1] < fpr_limit:
+        j = int(keep.sum())
+        y_cut = np.interp(fpr_limit, fprs[j - 1 : j + 1], pros[j - 1 : j + 1])
+        x, y = np.append(x, fpr_limit), np.append(y, y_cut)
+    return float(np.trapezoid(y, x) / fpr_limit)
+
+
+def random_maps_and_masks(seed: int, n: int = 6, size: int = 24):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    for i in range(n - 2):  # the last two images are normal
+        for _ in range(rng.integers(1, 3)):
+            y, x = rng.integers(0, size - 6, 2)
+            h, w = rng.integers(2, 6, 2)
+            masks[i, y : y + h, x : x + w] = 1
+    # scores: noise plus a bump on defects, quantised so that ties occur
+    maps = np.round(rng.normal(size=masks.shape) + 1.5 * masks, 1).astype(np.float32)
+    return maps, masks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_equals_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(size=200) + labels, 1)  # ties on purpose
+    ours = binary_auroc(torch.tensor(scores), torch.tensor(labels))
+    assert ours == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
+
+
+def test_auroc_of_one_class_is_none():
+    assert binary_auroc(torch.rand(5), torch.zeros(5)) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_aupro_equals_reference(seed):
+    maps, masks = random_maps_and_masks(seed)
+    ours = pixel_aupro(torch.from_numpy(maps), torch.from_numpy(masks))
+    assert ours == pytest.approx(reference_aupro(maps, masks), abs=1e-3)
+
+
+def test_aupro_perfect_and_inverted_maps():
+    _, masks = random_maps_and_masks(0)
+    perfect = masks.astype(np.float32)
+    assert pixel_aupro(torch.from_numpy(perfect), torch.from_numpy(masks)) == pytest.approx(1.0)
+    assert pixel_aupro(torch.from_numpy(-perfect), torch.from_numpy(masks)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_aupro_weighs_regions_equally():
+    # one large region found, one small region missed: PRO = 0.5 at every low FPR
+    masks = np.zeros((1, 20, 20), dtype=np.uint8)
+    masks[0, 0:10, 0:10] = 1
+    masks[0, 15:17, 15:17] = 1
+    maps = -np.random.default_rng(0).random((1, 20, 20)).astype(np.float32)  # normal pixels in (-1, 0]
+    maps[0, 0:10, 0:10] = 1.0
+    maps[0, 15:17, 15:17] = -5.0  # below every normal pixel: found only at FPR 1
+    value = pixel_aupro(torch.from_numpy(maps), torch.from_numpy(masks))
+    assert value == pytest.approx(reference_aupro(maps, masks), abs=1e-6)
+    assert 0.49 < value < 0.51
+
+
+def test_f1_max_and_confusion():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    scores = torch.tensor([0.1, 0.2, 0.6, 0.5, 0.7, 0.9])
+    f1, thr = f1_max(scores, labels)
+    best = max(f1_score(labels, scores >= t) for t in scores)
+    assert f1 == pytest.approx(best)
+    assert thr == pytest.approx(0.5)
+    c = confusion_at(scores, labels, 0.55)
+    assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (2, 1, 1, 2)
+    assert c["precision"] == pytest.approx(2 / 3)
+    assert c["specificity"] == pytest.approx(2 / 3)
+    assert c["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert c["error_rate"] == pytest.approx(2 / 6)
+
+
+def test_anomaly_metrics_accumulates_batches():
+    maps, masks = random_maps_and_masks(1)
+    labels = masks.reshape(len(masks), -1).max(1)
+    scores = maps.reshape(len(maps), -1).max(1)
+    metric = AnomalyMetrics()
+    for i in range(0, len(maps), 4):
+        metric.update(
+            torch.from_numpy(scores[i : i + 4]),
+            torch.from_numpy(labels[i : i + 4]),
+            torch.from_numpy(maps[i : i + 4, None]),
+            torch.from_numpy(masks[i : i + 4, None]).float(),
+        )
+    out = metric.compute(threshold=1.0)
+    assert out["n_test"] == len(maps)
+    assert out["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
+    assert out["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-4)
+    assert out["pixel_aupro"] == pytest.approx(reference_aupro(maps, masks), abs=1e-3)
+    assert out["threshold"] == 1.0
+    assert out["recall"] == pytest.approx(float(((scores >= 1.0) & (labels == 1)).sum() / labels.sum()))
+
+
+def test_anomaly_metrics_without_threshold_or_masks_reports_none():
+    metric = AnomalyMetrics(pixel=False)
+    metric.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))
+    out = metric.compute(threshold=None)
+    assert out["image_auroc"] == 1.0
+    assert out["pixel_auroc"] is None and out["pixel_aupro"] is None
+    assert out["threshold"] is None and out["precision"] is None
