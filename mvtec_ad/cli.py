@@ -91,7 +91,8 @@ def print_usage() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_sys = argv is None
+    argv = list(sys.argv[1:] if from_sys else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print_usage()
         return
@@ -102,4 +103,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         demo_main(argv[1:])
     else:
-        run_lightning_cli(argv)
+        run_lightning_cli(None if from_sys else argv)

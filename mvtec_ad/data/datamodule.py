@@ -69,6 +69,7 @@ class MVTecDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.hparams.root = str(root)  # plain types only: checkpoints load with weights_only=True
         self.root = Path(root)
         self.category = category
         self.image_size = image_size

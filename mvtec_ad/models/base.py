@@ -7,8 +7,10 @@ test metrics, metrics.json, TensorBoard logging and predict live here, written o
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -107,12 +109,21 @@ class AnomalyModule(L.LightningModule):
 
     def __init__(self, threshold: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
         super().__init__()
+        if isinstance(threshold, dict):  # as stored in a checkpoint's hyperparameters
+            threshold = ThresholdConfig(**threshold)
         self.threshold_config = threshold or ThresholdConfig()
         self.num_overlays = num_overlays
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self.test_results: dict | None = None
+
+    def save_hyperparameters(self, *args, **kwargs) -> None:
+        """Lightning's, with the threshold config stored as a plain dict (weights_only checkpoint loading)."""
+        frame = kwargs.pop("frame", None) or inspect.currentframe().f_back  # the subclass __init__
+        super().save_hyperparameters(*args, frame=frame, **kwargs)
+        if "threshold" in self.hparams:
+            self.hparams.threshold = asdict(self.threshold_config)
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         return self.model(images)
