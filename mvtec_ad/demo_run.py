@@ -43,15 +43,28 @@ def demo_main(argv: Sequence[str]) -> None:
         for category in a.categories:
             run_dir = Path(a.out) / name / category
             cmd = [
-                sys.executable, "-m", "mvtec_ad", "train", "--config", config,
-                "--data.root", str(root), "--data.category", category,
-                "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false",
+                sys.executable,
+                "-m",
+                "mvtec_ad",
+                "train",
+                "--config",
+                config,
+                "--data.root",
+                str(root),
+                "--data.category",
+                category,
+                "--trainer.default_root_dir",
+                str(run_dir),
+                "--trainer.enable_progress_bar",
+                "false",
             ]
             print(f"[{len(rows) + 1}/{len(a.configs) * len(a.categories)}] {' '.join(cmd[1:])}", flush=True)
             start = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - start
-            latest = max(run_dir.glob("lightning_logs/version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
+            latest = max(
+                run_dir.glob("lightning_logs/version_*/metrics.json"), key=lambda p: p.stat().st_mtime
+            )
             rows.append((name, category, json.loads(latest.read_text()), seconds, latest.parent))
 
     print()

@@ -168,8 +168,13 @@ class AnomalyMetrics(Metric):
         self.add_state("maps", default=[], dist_reduce_fx="cat")
         self.add_state("masks", default=[], dist_reduce_fx="cat")
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor | None = None,
-               masks: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        maps: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> None:
         self.scores.append(scores.detach().flatten().float())
         self.labels.append(labels.detach().flatten().to(torch.uint8))
         if self.pixel and maps is not None and masks is not None:

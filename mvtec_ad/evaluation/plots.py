@@ -21,12 +21,16 @@ def colorize(amap: torch.Tensor, vmin: float, vmax: float) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def heatmap_triptych(image: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor, vmin: float, vmax: float) -> np.ndarray:
+def heatmap_triptych(
+    image: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor, vmin: float, vmax: float
+) -> np.ndarray:
     """image | image blended with its heatmap | ground-truth outline on the image, side by side."""
     rgb = to_rgb_uint8(image)
     blended = cv2.addWeighted(rgb, 0.5, colorize(amap, vmin, vmax), 0.5, 0)
     outlined = rgb.copy()
-    contours, _ = cv2.findContours((mask.numpy() > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(
+        (mask.numpy() > 0.5).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+    )
     cv2.drawContours(outlined, contours, -1, (255, 0, 0), 1)
     return np.concatenate([rgb, blended, outlined], axis=1)
 

@@ -72,7 +72,9 @@ class AnomalyMapHead(nn.Module):
         self.sigma = sigma
         self.score_rule = score
         self.top_k = top_k
-        self.register_buffer("kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False)
+        self.register_buffer(
+            "kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False
+        )
 
     def image_score(self, raw_map: torch.Tensor) -> torch.Tensor:
         flat = raw_map.flatten(1)
@@ -169,7 +171,13 @@ class AnomalyModule(L.LightningModule):
                 break
             if batch.label[i] == 1 or len(self._overlays) < self.num_overlays // 3:
                 self._overlays.append(
-                    (batch.image[i].cpu(), out.map[i, 0].cpu(), batch.mask[i, 0].cpu(), float(out.score[i]), batch.path[i])
+                    (
+                        batch.image[i].cpu(),
+                        out.map[i, 0].cpu(),
+                        batch.mask[i, 0].cpu(),
+                        float(out.score[i]),
+                        batch.path[i],
+                    )
                 )
 
     def on_test_epoch_end(self) -> None:
@@ -201,12 +209,15 @@ class AnomalyModule(L.LightningModule):
         maps = torch.stack([o[1] for o in self._overlays])
         vmin, vmax = float(maps.min()), float(maps.max())
         tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        for i, (image, amap, mask, score, path) in enumerate(self._overlays):
+        for i, (image, amap, mask, _score, path) in enumerate(self._overlays):
             panel = heatmap_triptych(image, amap, mask, vmin, vmax)
             save_png(log_dir / "overlays" / f"{i:02d}_{Path(path).parent.name}_{Path(path).stem}.png", panel)
             if tensorboard is not None:
                 tensorboard.experiment.add_image(
-                    f"test_overlays/{i:02d}_{Path(path).parent.name}", panel, self.global_step, dataformats="HWC"
+                    f"test_overlays/{i:02d}_{Path(path).parent.name}",
+                    panel,
+                    self.global_step,
+                    dataformats="HWC",
                 )
 
     # ---- predict -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from mvtec_ad.backbones import FeatureExtractor
 from mvtec_ad.data.dataset import Batch
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
-from mvtec_ad.models.base import AnomalyModule, AnomalyMapHead, AnomalyOutput
+from mvtec_ad.models.base import AnomalyMapHead, AnomalyModule, AnomalyOutput
 
 HIDDEN = (400, 200)
 
@@ -137,7 +137,12 @@ class DFRModel(nn.Module):
         count, total = 0, torch.zeros(self.channels, dtype=dtype, device=device)
         outer = torch.zeros(self.channels, self.channels, dtype=dtype, device=device)
         for batch in loader:
-            x = self.fused_features(batch.image.to(device)).permute(0, 2, 3, 1).reshape(-1, self.channels).to(dtype)
+            x = (
+                self.fused_features(batch.image.to(device))
+                .permute(0, 2, 3, 1)
+                .reshape(-1, self.channels)
+                .to(dtype)
+            )
             count += x.shape[0]
             total += x.sum(0)
             outer += x.T @ x
@@ -203,15 +208,23 @@ class DFR(AnomalyModule):
             raise ValueError("DFR needs normal validation images: set --data.val_split above 0 (e.g. 0.2).")
         self.model.to(self.trainer.strategy.root_device)
         d = self.model.fit_statistics(
-            datamodule.feature_dataloader(), self.hparams.channel_norm, self.hparams.latent_dim, self.hparams.pca_variance
+            datamodule.feature_dataloader(),
+            self.hparams.channel_norm,
+            self.hparams.latent_dim,
+            self.hparams.pca_variance,
         )
         rank_zero_info(f"DFR: {self.model.channels} fused channels, latent dim d={d}.")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.model.autoencoder is None:
             convs = sorted(
-                (k for k in checkpoint["state_dict"] if k.startswith("model.autoencoder.") and k.endswith(".weight")
-                 and checkpoint["state_dict"][k].ndim == 4),
+                (
+                    k
+                    for k in checkpoint["state_dict"]
+                    if k.startswith("model.autoencoder.")
+                    and k.endswith(".weight")
+                    and checkpoint["state_dict"][k].ndim == 4
+                ),
                 key=lambda k: int(k.split(".")[2]),
             )
             self.model.build_autoencoder(checkpoint["state_dict"][convs[len(convs) // 2]].shape[1])

