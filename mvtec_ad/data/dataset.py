@@ -67,7 +67,7 @@ def decode_mask(path: str | Path) -> np.ndarray:
     if mask is None:
         raise DatasetError(f"Cannot decode mask '{path}': the file is missing, truncated or not an image.")
     if mask.ndim == 3:
-        mask = mask.max(axis=2)
+        mask = mask[:, :, :3].max(axis=2)  # colour channels only: an opaque alpha is not a defect
     return (mask > 0).astype(np.uint8)
 
 

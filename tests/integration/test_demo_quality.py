@@ -1,0 +1,21 @@
+"""The demo's promise, at full demo size (slow: run with `make test-slow`)."""
+
+import json
+
+import pytest
+
+from mvtec_ad.data.demo import DEMO_CATEGORIES
+from mvtec_ad.demo_run import demo_main
+
+
+@pytest.mark.slow
+def test_demo_dfr_reaches_auroc_095_on_every_category(tmp_path, capsys):
+    demo_main(["--root", str(tmp_path / "demo"), "--out", str(tmp_path / "logs")])
+    table = capsys.readouterr().out
+    for category in DEMO_CATEGORIES:
+        metrics_files = list((tmp_path / "logs" / "dfr" / category).rglob("metrics.json"))
+        assert len(metrics_files) == 1
+        metrics = json.loads(metrics_files[0].read_text())
+        assert metrics["image_auroc"] >= 0.95, (category, metrics)
+        assert metrics["pixel_auroc"] >= 0.9, (category, metrics)
+        assert f"| dfr | {category} |" in table
