@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mvtec_ad.demo_run
+	$(PY) -m mvtec_ad demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
