@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from lightning.pytorch import LightningDataModule, Trainer
@@ -53,6 +54,9 @@ class AnomalyCLI(LightningCLI):
 
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> AnomalyCLI:
+    # frozen backbones are in eval mode on purpose; say so once here instead of warning every run
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return AnomalyCLI(
         model_class=AnomalyModule,
         datamodule_class=MVTecDataModule,

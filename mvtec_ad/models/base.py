@@ -156,7 +156,7 @@ class AnomalyModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         pixel = bool(getattr(datamodule, "has_masks", True))
         self.test_metrics = AnomalyMetrics(pixel=pixel).to(self.device)
-        self._overlays: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, str]] = []
+        self._overlays: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]] = []
         if not math.isfinite(float(self.threshold)):
             rank_zero_warn(
                 "No operating threshold in this model (no validation data was seen): precision, recall "
@@ -209,7 +209,7 @@ class AnomalyModule(L.LightningModule):
         maps = torch.stack([o[1] for o in self._overlays])
         vmin, vmax = float(maps.min()), float(maps.max())
         tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        for i, (image, amap, mask, _score, path) in enumerate(self._overlays):
+        for i, (image, amap, mask, path) in enumerate(self._overlays):
             panel = heatmap_triptych(image, amap, mask, vmin, vmax)
             save_png(log_dir / "overlays" / f"{i:02d}_{Path(path).parent.name}_{Path(path).stem}.png", panel)
             if tensorboard is not None:
