@@ -171,13 +171,7 @@ class AnomalyModule(L.LightningModule):
                 break
             if batch.label[i] == 1 or len(self._overlays) < self.num_overlays // 3:
                 self._overlays.append(
-                    (
-                        batch.image[i].cpu(),
-                        out.map[i, 0].cpu(),
-                        batch.mask[i, 0].cpu(),
-                        float(out.score[i]),
-                        batch.path[i],
-                    )
+                    (batch.image[i].cpu(), out.map[i, 0].cpu(), batch.mask[i, 0].cpu(), batch.path[i])
                 )
 
     def on_test_epoch_end(self) -> None:
