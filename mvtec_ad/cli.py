@@ -13,6 +13,7 @@ interpolation works.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,9 @@ from collections.abc import Sequence
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
+from mvtec_ad.backbones import BackboneError
 from mvtec_ad.data.datamodule import MVTecDataModule
+from mvtec_ad.data.layout import DatasetError
 from mvtec_ad.models.base import AnomalyModule
 
 EXTRA_COMMANDS = {
@@ -96,7 +99,34 @@ def print_usage() -> None:
     print("\nLightning verbs (fit, validate, test, predict, train): `python -m mvtec_ad <verb> --help`.")
 
 
+USER_ERRORS = (DatasetError, BackboneError)
+
+
+def find_user_error(error: BaseException) -> BaseException | None:
+    """The DatasetError/BackboneError behind `error` (jsonargparse and Lightning wrap them), if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point. Errors in the user's data or weights print their message alone (exit 2);
+    set MVTEC_AD_DEBUG=1 for the full traceback."""
+    try:
+        dispatch(argv)
+    except Exception as error:
+        user_error = find_user_error(error)
+        if user_error is None or os.environ.get("MVTEC_AD_DEBUG"):
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def dispatch(argv: Sequence[str] | None = None) -> None:
     from_sys = argv is None
     argv = list(sys.argv[1:] if from_sys else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -82,12 +82,22 @@ def test_missing_category_error_lists_what_is_there(tiny_root, tmp_path):
     result = cli("fit", *small(tiny_root, tmp_path), "--data.category", "bottle", check=False)
     assert result.returncode != 0
     assert "Category 'bottle' not found" in result.stderr and "fabric, washer" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # the message alone, no stack
 
 
 def test_missing_root_error_says_how_to_get_data(tmp_path):
     result = cli("fit", *small(tmp_path / "nowhere", tmp_path), check=False)
     assert result.returncode != 0
     assert str(tmp_path / "nowhere") in result.stderr and "synth" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: Dataset root")
+
+
+def test_weights_error_reaches_the_user_in_one_line(tiny_root, tmp_path):
+    result = cli(
+        "fit", *small(tiny_root, tmp_path), "--model.weights", str(tmp_path / "missing.pth"), check=False
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: Weights file '{tmp_path / 'missing.pth'}' does not exist" in result.stderr
 
 
 def test_help_lists_every_verb():
