@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, seed_everything
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mvtec_ad.cli import AnomalyTrainer
@@ -38,9 +38,10 @@ def datamodule(root, category="fabric"):
 @pytest.fixture(scope="module")
 def trained(tiny_root, tmp_path_factory):
     root_dir = tmp_path_factory.mktemp("dfr")
+    seed_everything(0)  # independent of which tests ran before
     model = DFR(**tiny_dfr_kwargs(), early_stopping_patience=50)
     dm = datamodule(tiny_root)
-    trainer = make_trainer(root_dir, max_epochs=4)
+    trainer = make_trainer(root_dir, max_epochs=8)
     trainer.train(model, dm)
     return model, dm, trainer
 
