@@ -51,10 +51,12 @@ def conv1x1_autoencoder(channels: int, latent_dim: int, hidden: Sequence[int] = 
     return nn.Sequential(*layers)
 
 
-def bottleneck_width(autoencoder: nn.Sequential) -> int:
-    """d of a conv1x1_autoencoder: the input width of its middle convolution."""
-    convs = [m for m in autoencoder if isinstance(m, nn.Conv2d)]
-    return convs[len(convs) // 2].in_channels
+def bottleneck_width(conv_weights: Sequence[torch.Tensor]) -> int:
+    """d of a conv1x1_autoencoder from its conv weights in order: the middle conv's input width.
+
+    Works on a built module and on a checkpoint's state dict alike.
+    """
+    return conv_weights[len(conv_weights) // 2].shape[1]
 
 
 def latent_dim_from_pca(covariance: torch.Tensor, variance: float) -> int:
@@ -92,7 +94,9 @@ class DFRModel(nn.Module):
     @property
     def latent_dim(self) -> int | None:
         """Bottleneck width d of the built autoencoder."""
-        return None if self.autoencoder is None else bottleneck_width(self.autoencoder)
+        if self.autoencoder is None:
+            return None
+        return bottleneck_width([m.weight for m in self.autoencoder if isinstance(m, nn.Conv2d)])
 
     def build_autoencoder(self, latent_dim: int) -> None:
         device = self.feature_mean.device
@@ -216,18 +220,10 @@ class DFR(AnomalyModule):
         rank_zero_info(f"DFR: {self.model.channels} fused channels, latent dim d={d}.")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.model.autoencoder is None:
-            convs = sorted(
-                (
-                    k
-                    for k in checkpoint["state_dict"]
-                    if k.startswith("model.autoencoder.")
-                    and k.endswith(".weight")
-                    and checkpoint["state_dict"][k].ndim == 4
-                ),
-                key=lambda k: int(k.split(".")[2]),
-            )
-            self.model.build_autoencoder(checkpoint["state_dict"][convs[len(convs) // 2]].shape[1])
+        if self.model.autoencoder is None:  # built from a config: take d from the checkpoint
+            state = checkpoint["state_dict"]
+            conv_weights = [v for k, v in state.items() if k.startswith("model.autoencoder.") and v.ndim == 4]
+            self.model.build_autoencoder(bottleneck_width(conv_weights))
 
     def _loss_and_error(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.features(images)

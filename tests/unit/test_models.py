@@ -57,7 +57,7 @@ def test_autoencoder_widths_and_linear_ends():
         (200, 400),
         (400, 1536),
     ]
-    assert bottleneck_width(ae) == 64
+    assert bottleneck_width([c.weight for c in convs]) == 64
     assert isinstance(ae[-1], torch.nn.Conv2d)  # output is linear: normalised features can be negative
     assert ae(torch.rand(2, 1536, 4, 4)).shape == (2, 1536, 4, 4)
 
