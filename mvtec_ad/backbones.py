@@ -14,6 +14,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -207,3 +208,16 @@ class FeatureExtractor(nn.Module):
         if self._order is None:
             return [out[layer] for layer in self.layers]
         return [out[i] for i in self._order]
+
+
+def fuse_features(features: Sequence[torch.Tensor], pool_kernel: int = 3) -> torch.Tensor:
+    """Average-pool each map (stride 1, same size), resize all to the finest grid, concatenate channels."""
+    target = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+    fused = []
+    for f in features:
+        if pool_kernel > 1:
+            f = F.avg_pool2d(f, pool_kernel, stride=1, padding=pool_kernel // 2, count_include_pad=False)
+        if f.shape[-2:] != target:
+            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
+        fused.append(f)
+    return torch.cat(fused, dim=1)

@@ -18,25 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mvtec_ad.backbones import FeatureExtractor
+from mvtec_ad.backbones import FeatureExtractor, fuse_features
 from mvtec_ad.data.dataset import Batch
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.models.base import AnomalyMapHead, AnomalyModule, AnomalyOutput
 
 HIDDEN = (400, 200)
-
-
-def fuse_features(features: Sequence[torch.Tensor], pool_kernel: int = 3) -> torch.Tensor:
-    """Average-pool each map (stride 1, same size), resize all to the finest grid, concatenate channels."""
-    target = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
-    fused = []
-    for f in features:
-        if pool_kernel > 1:
-            f = F.avg_pool2d(f, pool_kernel, stride=1, padding=pool_kernel // 2, count_include_pad=False)
-        if f.shape[-2:] != target:
-            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
-        fused.append(f)
-    return torch.cat(fused, dim=1)
 
 
 def conv1x1_autoencoder(channels: int, latent_dim: int, hidden: Sequence[int] = HIDDEN) -> nn.Sequential:

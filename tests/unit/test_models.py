@@ -3,13 +3,13 @@
 import pytest
 import torch
 
+from mvtec_ad.backbones import fuse_features
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 from mvtec_ad.models.base import AnomalyMapHead, gaussian_kernel1d
 from mvtec_ad.models.feature_ae import (
     DFRModel,
     bottleneck_width,
     conv1x1_autoencoder,
-    fuse_features,
     latent_dim_from_pca,
 )
 
