@@ -25,6 +25,7 @@ class Batch:
     mask: torch.Tensor  # float32 [B, 1, H, W], values in {0, 1}
     label: torch.Tensor  # int64 [B], 0 = good, 1 = defective
     path: list[str]
+    index: torch.Tensor | None = None  # int64 [B], position in the dataset (gathering under DDP)
 
     def __len__(self) -> int:
         return len(self.path)
@@ -144,7 +145,7 @@ class AnomalyDataset(Dataset):
             mask = torch.zeros(1, self.image_size, self.image_size)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        return {"image": image, "mask": mask, "label": sample.label, "path": str(sample.path)}
+        return {"image": image, "mask": mask, "label": sample.label, "path": str(sample.path), "index": index}
 
 
 def collate_batch(items: list[dict]) -> Batch:
@@ -154,4 +155,5 @@ def collate_batch(items: list[dict]) -> Batch:
         mask=torch.stack([it["mask"] for it in items]),
         label=torch.tensor([it["label"] for it in items], dtype=torch.long),
         path=[it["path"] for it in items],
+        index=torch.tensor([it.get("index", -1) for it in items], dtype=torch.long),
     )
