@@ -221,3 +221,8 @@ def fuse_features(features: Sequence[torch.Tensor], pool_kernel: int = 3) -> tor
             f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
         fused.append(f)
     return torch.cat(fused, dim=1)
+
+
+def global_pool(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Spatial mean of each feature map, concatenated: one vector per image (e.g. 512 + 1024 = 1536)."""
+    return torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)

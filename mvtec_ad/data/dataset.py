@@ -148,6 +148,18 @@ class AnomalyDataset(Dataset):
         return {"image": image, "mask": mask, "label": sample.label, "path": str(sample.path), "index": index}
 
 
+def unique_by_index(index: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows of `tensors` sorted by dataset `index`, each index kept once.
+
+    Under DDP the DistributedSampler shuffles and pads (repeats a few images so every process
+    gets as many); after an all_gather this restores exactly the single-process rows and order.
+    """
+    index, order = index.sort(stable=True)
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]
+    return tuple(t[order[first]] for t in tensors)
+
+
 def collate_batch(items: list[dict]) -> Batch:
     """Stack dataset items into a Batch (Lightning moves dataclasses to the device as a whole)."""
     return Batch(

@@ -17,6 +17,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mvtec_ad.data.dataset import unique_by_index
+
 
 def _accum_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
@@ -167,6 +169,7 @@ class AnomalyMetrics(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("maps", default=[], dist_reduce_fx="cat")
         self.add_state("masks", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
 
     def update(
         self,
@@ -174,7 +177,11 @@ class AnomalyMetrics(Metric):
         labels: torch.Tensor,
         maps: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> None:
+        """`index` (dataset positions) lets compute() drop the images DDP's sampler repeats."""
+        if index is not None:
+            self.index.append(index.detach().flatten())
         self.scores.append(scores.detach().flatten().float())
         self.labels.append(labels.detach().flatten().to(torch.uint8))
         if self.pixel and maps is not None and masks is not None:
@@ -184,6 +191,13 @@ class AnomalyMetrics(Metric):
     def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).bool()
+        maps = dim_zero_cat(self.maps) if self.pixel and self.maps else None
+        masks = dim_zero_cat(self.masks).bool() if maps is not None else None
+        if self.index and dim_zero_cat(self.index).numel() == scores.numel():
+            index = dim_zero_cat(self.index)
+            scores, labels = unique_by_index(index, scores, labels)
+            if maps is not None:
+                maps, masks = unique_by_index(index, maps, masks)
         f1, f1_threshold = f1_max(scores, labels)
         result: dict[str, float | int | None] = {
             "n_test": int(labels.numel()),
@@ -194,9 +208,7 @@ class AnomalyMetrics(Metric):
             "image_f1_max": f1,
             "image_f1_max_threshold": f1_threshold,
         }
-        if self.pixel and self.maps:
-            maps = dim_zero_cat(self.maps)
-            masks = dim_zero_cat(self.masks).bool()
+        if maps is not None:
             result["pixel_auroc"] = binary_auroc(maps, masks)
             result["pixel_aupro"] = pixel_aupro(maps, masks, self.fpr_limit)
         valid = threshold is not None and math.isfinite(threshold)

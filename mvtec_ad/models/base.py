@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import nn
 
-from mvtec_ad.data.dataset import Batch
+from mvtec_ad.data.dataset import Batch, unique_by_index
 from mvtec_ad.evaluation.metrics import AnomalyMetrics
 from mvtec_ad.evaluation.plots import heatmap_triptych, save_png
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
@@ -99,6 +99,23 @@ class AnomalyMapHead(nn.Module):
         return AnomalyOutput(self.image_score(raw_map), self.blur(maps))
 
 
+class ResizableBuffers(nn.Module):
+    """An nn.Module whose named buffers take the shape of the state dict they are loaded from.
+
+    Memory banks and fitted estimators have a size known only after fitting; with this a model
+    built from a config loads any checkpoint of it (Lightning's and plain `load_state_dict`).
+    """
+
+    resizable_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in self.resizable_buffers:
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class AnomalyModule(L.LightningModule):
     """Thin Lightning wrapper around a pure detector `self.model`; shared evaluation for all detectors.
 
@@ -108,6 +125,7 @@ class AnomalyModule(L.LightningModule):
     """
 
     detector_name = "detector"
+    produces_maps = True  # False for image-only detectors: their pixel metrics are null, never faked
 
     def __init__(self, threshold: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
         super().__init__()
@@ -118,6 +136,7 @@ class AnomalyModule(L.LightningModule):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self._val_scores: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        self._val_index: list[torch.Tensor] = []
         self.test_results: dict | None = None
 
     def save_hyperparameters(self, *args, **kwargs) -> None:
@@ -131,22 +150,41 @@ class AnomalyModule(L.LightningModule):
         return self.model(images)
 
     # ---- validation: threshold fitting -------------------------------------------------------
-    def collect_validation_scores(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+    def collect_validation_scores(
+        self, scores: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> None:
+        """Keep a validation batch's scores; with dataset indices, DDP padding repeats are dropped later."""
         self._val_scores.append(scores.detach())
         self._val_labels.append(labels.detach())
+        if index is not None:
+            self._val_index.append(index.detach())
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.collect_validation_scores(self(batch.image).score, batch.label)
+        self.collect_validation_scores(self(batch.image).score, batch.label, batch.index)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_scores, self._val_labels = [], []
+        self._val_scores, self._val_labels, self._val_index = [], [], []
 
-    def on_validation_epoch_end(self) -> None:
+    def threshold_scores(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Scores and labels (None = all normal) the operating threshold is fitted on, or None to keep it.
+
+        By default the validation scores collected this epoch, gathered from every process; a
+        detector whose seed fits its threshold on other scores overrides this.
+        """
         if not self._val_scores:
-            return
+            return None
         scores = self.all_gather(torch.cat(self._val_scores)).flatten()
         labels = self.all_gather(torch.cat(self._val_labels)).flatten()
-        value = fit_threshold(scores, labels, self.threshold_config)
+        if len(self._val_index) == len(self._val_scores):
+            index = self.all_gather(torch.cat(self._val_index)).flatten()
+            scores, labels = unique_by_index(index, scores, labels)
+        return scores, labels
+
+    def on_validation_epoch_end(self) -> None:
+        fitted_on = self.threshold_scores()
+        if fitted_on is None:
+            return
+        value = fit_threshold(*fitted_on, self.threshold_config)
         self.threshold.fill_(value)
         if math.isfinite(value):
             self.log("val_threshold", value, sync_dist=False)
@@ -154,7 +192,7 @@ class AnomalyModule(L.LightningModule):
     # ---- test: metrics, metrics.json, overlays ----------------------------------------------
     def on_test_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        pixel = bool(getattr(datamodule, "has_masks", True))
+        pixel = self.produces_maps and bool(getattr(datamodule, "has_masks", True))
         self.test_metrics = AnomalyMetrics(pixel=pixel).to(self.device)
         self._overlays: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]] = []
         if not math.isfinite(float(self.threshold)):
@@ -165,7 +203,7 @@ class AnomalyModule(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         out = self(batch.image)
-        self.test_metrics.update(out.score, batch.label, out.map, batch.mask)
+        self.test_metrics.update(out.score, batch.label, out.map, batch.mask, batch.index)
         for i in range(len(batch)):
             if len(self._overlays) >= self.num_overlays:
                 break
@@ -183,14 +221,20 @@ class AnomalyModule(L.LightningModule):
             "category": getattr(datamodule, "category", None),
             "protocol": getattr(datamodule, "protocol", None),
             **metrics,
+            "protocol_detail": getattr(datamodule, "protocol_description", None),
             "image_size": getattr(datamodule, "image_size", None),
             "root": str(getattr(datamodule, "root", "")) or None,
             "checkpoint": str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
         }
+        results |= self.extra_results()
         self.test_results = {key: results[key] for key in METRIC_KEYS} | results
         loggable = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.log_dict(loggable, sync_dist=False)
         self._write_test_outputs()
+
+    def extra_results(self) -> dict:
+        """Detector-specific facts for metrics.json (chosen hyperparameters, bank size, ...)."""
+        return {}
 
     @rank_zero_only
     def _write_test_outputs(self) -> None:

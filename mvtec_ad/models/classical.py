@@ -1,0 +1,274 @@
+"""Classical detectors (seed report 2): OC-SVM, IsolationForest, LOF, EllipticEnvelope on image features.
+
+Features are `direct` (the seed appendix's handcrafted statistics, optionally with raw pixels) or
+`deep` (pooled backbone layers: ResNet50 layer4 = the seed's 2048 "block 3" values, or
+layer2 + layer3 = 1536). A scaler (standard or min-max) and a PCA keeping 95% of the variance are
+fitted on the training features; the estimator's hyperparameters are chosen on the seed's grid by
+cross-validation AUROC over the validation folds of the DataModule's protocol, never on test.
+These detectors score whole images: their map is the score spread over the image, and their
+pixel metrics are reported as null.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from sklearn.covariance import EllipticEnvelope
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.svm import OneClassSVM
+
+from mvtec_ad.backbones import FeatureExtractor, global_pool
+from mvtec_ad.data.features import direct_features
+from mvtec_ad.evaluation.metrics import binary_auroc
+from mvtec_ad.evaluation.thresholds import ThresholdConfig
+from mvtec_ad.models.base import AnomalyOutput, ResizableBuffers
+from mvtec_ad.models.fit_once import FitOnceModule
+
+Estimator = Literal["ocsvm", "iforest", "lof", "elliptic"]
+
+# The seed's hyperparameter grids (report 2, "Hyperparameter Grid").
+SEED_GRIDS: dict[str, dict[str, list]] = {
+    "ocsvm": {
+        "nu": [0.001],
+        "kernel": ["rbf", "linear", "poly"],
+        "gamma": ["scale", "auto"],
+        "degree": [2, 3],
+    },
+    "iforest": {
+        "n_estimators": [100, 200, 300, 400],
+        "contamination": [0.01],
+        "max_samples": ["auto", 1.0],
+        "max_features": [0.9, 1.0],
+    },
+    "lof": {
+        "n_neighbors": [10, 20, 30, 50],
+        "contamination": [0.01],
+        "leaf_size": [20, 30, 50, 100],
+        "metric": ["minkowski", "euclidean"],
+    },
+    "elliptic": {"contamination": [0.01], "support_fraction": [0.9, 1.0], "assume_centered": [True, False]},
+}
+
+
+def make_estimator(name: str, params: dict, random_state: int, n_train: int):
+    """A scikit-learn novelty detector with `score_samples` (higher = more normal)."""
+    if name == "ocsvm":
+        return OneClassSVM(**params)
+    if name == "iforest":
+        return IsolationForest(**params, random_state=random_state)
+    if name == "lof":
+        params = {**params, "n_neighbors": min(params.get("n_neighbors", 20), max(n_train - 1, 1))}
+        return LocalOutlierFactor(**params, novelty=True)
+    if name == "elliptic":
+        return EllipticEnvelope(**params, random_state=random_state)
+    raise ValueError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{name}'.")
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid, in the grid's order (the first is the seed's default)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def select_by_cv(
+    fit_score, params_list: list[dict], val_labels: np.ndarray, folds: Sequence[Sequence[int]]
+) -> tuple[dict, list[dict]]:
+    """Hyperparameters with the best mean AUROC over the validation folds; ties keep grid order.
+
+    `fit_score(params)` returns anomaly scores of the validation images for a model fitted on
+    the training features with `params`. Folds without both classes are left out.
+    """
+    usable = [f for f in folds if len(set(val_labels[list(f)].tolist())) == 2]
+    table = []
+    for params in params_list:
+        scores = torch.as_tensor(fit_score(params))
+        labels = torch.as_tensor(val_labels)
+        aurocs = [binary_auroc(scores[list(f)], labels[list(f)]) for f in usable]
+        table.append(
+            {"params": params, "cv_auroc": float(np.mean(aurocs)), "cv_auroc_std": float(np.std(aurocs))}
+        )
+    best = max(range(len(table)), key=lambda i: (table[i]["cv_auroc"], -i))
+    return table[best], table
+
+
+class ClassicalModel(ResizableBuffers):
+    """Pure image-feature detector: images in [0, 1] -> AnomalyOutput; the fitted pipeline is a byte buffer.
+
+    The scikit-learn pipeline is pickled into a uint8 buffer so that it travels inside every
+    checkpoint like any other state; only load checkpoints you trust (pickle).
+    """
+
+    resizable_buffers = ("pipeline_bytes",)
+
+    def __init__(
+        self,
+        features: Literal["direct", "deep"] = "direct",
+        raw_pixels: bool = False,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer4",),
+        weights: str = "imagenet",
+    ) -> None:
+        super().__init__()
+        if features not in ("direct", "deep"):
+            raise ValueError(f"--model.features must be direct or deep, got '{features}'.")
+        self.features = features
+        self.raw_pixels = raw_pixels
+        self.extractor = FeatureExtractor(backbone, layers, weights) if features == "deep" else None
+        self.register_buffer("pipeline_bytes", torch.empty(0, dtype=torch.uint8))
+        self._pipeline: Pipeline | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature vectors [B, F] (float64 for direct features, float32 for deep)."""
+        if self.extractor is None:
+            return direct_features(images, raw_pixels=self.raw_pixels).to(images.device)
+        return global_pool(self.extractor(images))
+
+    def set_pipeline(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self.pipeline_bytes = torch.frombuffer(bytearray(pickle.dumps(pipeline)), dtype=torch.uint8).to(
+            self.pipeline_bytes.device
+        )
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            if self.pipeline_bytes.numel() == 0:
+                raise RuntimeError(
+                    "This classical detector is not fitted: fit it first or load a checkpoint (--ckpt_path)."
+                )
+            self._pipeline = pickle.loads(self.pipeline_bytes.cpu().numpy().tobytes())
+        return self._pipeline
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._pipeline = None  # unpickled again from the loaded bytes on first use
+
+    def anomaly_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Negated `score_samples`: higher = more anomalous."""
+        normality = self.pipeline.score_samples(features.detach().cpu().double().numpy())
+        return torch.from_numpy(-normality).float().to(features.device)
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        scores = self.anomaly_scores(self.embed(images))
+        maps = scores.view(-1, 1, 1, 1).expand(-1, 1, *images.shape[-2:]).contiguous()
+        return AnomalyOutput(scores, maps)
+
+
+class Classical(FitOnceModule):
+    """OC-SVM / IsolationForest / LOF / EllipticEnvelope with scaler, PCA and grid search (seed report 2).
+
+    Args:
+        estimator: ocsvm | iforest | lof | elliptic.
+        features: direct (handcrafted, mvtec_ad.data.features) or deep (pooled backbone layers).
+        raw_pixels: add every pixel value to the direct features (the seed's 224x224x3 columns).
+        backbone, layers, weights: the deep feature source (layer4 = the seed's 2048 values).
+        scaler: standard or minmax, fitted on the training features.
+        pca_variance: share of variance the PCA keeps (null = no PCA).
+        param_grid: hyperparameter grid (null = the seed's grid for the estimator).
+        random_state: seed of IsolationForest and EllipticEnvelope.
+    """
+
+    produces_maps = False
+
+    def __init__(
+        self,
+        estimator: Estimator = "ocsvm",
+        features: Literal["direct", "deep"] = "direct",
+        raw_pixels: bool = False,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer4",),
+        weights: str = "imagenet",
+        scaler: Literal["standard", "minmax"] = "standard",
+        pca_variance: float | None = 0.95,
+        param_grid: dict[str, list] | None = None,
+        random_state: int = 0,
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        if estimator not in SEED_GRIDS:
+            raise ValueError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{estimator}'.")
+        if scaler not in ("standard", "minmax"):
+            raise ValueError(f"--model.scaler must be standard or minmax, got '{scaler}'.")
+        self.save_hyperparameters()
+        self.detector_name = estimator
+        self.model = ClassicalModel(features, raw_pixels, backbone, layers, weights)
+        self.selection: dict | None = None
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.model.embed(images),)
+
+    def preprocessing(self) -> list[tuple[str, object]]:
+        scaler = StandardScaler() if self.hparams.scaler == "standard" else MinMaxScaler()
+        steps: list[tuple[str, object]] = [("scaler", scaler)]
+        if self.hparams.pca_variance is not None and self.hparams.pca_variance < 1.0:
+            steps.append(("pca", PCA(n_components=self.hparams.pca_variance, svd_solver="full")))
+        return steps
+
+    def validation_features(self) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+        """Features, labels and folds of the DataModule's validation set (all on this process)."""
+        datamodule = self.trainer.datamodule
+        feats, labels = [], []
+        with torch.no_grad():
+            for batch in datamodule.val_dataloader():
+                feats.append(self.model.embed(batch.image.to(self.device)).cpu().double())
+                labels.append(batch.label)
+        if not feats:
+            return np.zeros((0, 0)), np.zeros(0, dtype=int), []
+        return torch.cat(feats).numpy(), torch.cat(labels).numpy(), datamodule.val_folds
+
+    def fit_features(self, train_features: torch.Tensor) -> None:
+        x_train = train_features.cpu().double().numpy()
+        name, seed = self.hparams.estimator, self.hparams.random_state
+        prep = Pipeline(self.preprocessing()).fit(x_train)
+        z_train = prep.transform(x_train)
+        candidates = grid_points(self.hparams.param_grid or SEED_GRIDS[name])
+        x_val, y_val, folds = self.validation_features()
+        if len(set(y_val.tolist())) == 2 and len(candidates) > 1:
+            z_val = prep.transform(x_val)
+
+            def fit_score(params: dict) -> np.ndarray:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # e.g. EllipticEnvelope on near-singular covariances
+                    return -make_estimator(name, params, seed, len(z_train)).fit(z_train).score_samples(z_val)
+
+            best, table = select_by_cv(fit_score, candidates, y_val, folds)
+            self.selection = {**best, "grid_size": len(table), "folds": len(folds)}
+        else:
+            rank_zero_warn(
+                f"{name}: the validation data holds no anomalies, so no hyperparameters can be selected; "
+                f"using the grid's first point {candidates[0]}. Use --data.protocol synthetic or test_split "
+                f"for cross-validated selection."
+            )
+            self.selection = {"params": candidates[0], "cv_auroc": None, "cv_auroc_std": None}
+        estimator = make_estimator(name, self.selection["params"], seed, len(z_train))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            estimator.fit(z_train)
+        pipeline = Pipeline([*prep.steps, ("estimator", estimator)])
+        self.model.set_pipeline(pipeline)
+        dims = z_train.shape[1]
+        rank_zero_info(
+            f"{name}: {x_train.shape[1]} {self.hparams.features} features -> {dims} after PCA; chose "
+            f"{self.selection['params']} (CV AUROC {self.selection['cv_auroc']})."
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["selection"] = self.selection
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.selection = checkpoint.get("selection")
+
+    def extra_results(self) -> dict:
+        return {"features": self.hparams.features, "selection": self.selection}

@@ -1,0 +1,256 @@
+"""Memory-bank detectors: image kNN on pooled features (seed report 2) and PatchCore.
+
+knn        every training image's pooled layer features (ResNet50 layer2 + layer3: 512 + 1024 =
+           1536 values) in a bank; score = mean L2 distance to the k = 5 nearest training images.
+           Map: each test patch's distance to the nearest patch of those k images (SPADE-style),
+           so the map localises the defect the score found.
+patchcore  fused patch features (3x3 average, coarser layer resized to the finer grid) of all
+           training images, reduced by a greedy k-center coreset; map = distance of every test
+           patch to its nearest bank patch; score = max of the map, optionally re-weighted as in
+           the PatchCore paper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from mvtec_ad.backbones import FeatureExtractor, fuse_features, global_pool
+from mvtec_ad.evaluation.thresholds import ThresholdConfig
+from mvtec_ad.models.base import AnomalyMapHead, AnomalyOutput, ResizableBuffers
+from mvtec_ad.models.fit_once import FitOnceModule
+from mvtec_ad.models.nearest import greedy_coreset, nearest_neighbours
+
+BankDtype = Literal["float32", "float16"]
+
+
+class KNNModel(ResizableBuffers):
+    """Pure image-kNN detector: images in [0, 1] -> AnomalyOutput. Exportable, no Lightning inside."""
+
+    resizable_buffers = ("image_bank", "patch_bank")
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        k: int = 5,
+        pool_kernel: int = 3,
+        sigma: float = 4.0,
+        bank_dtype: BankDtype = "float32",
+    ) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.k = k
+        self.pool_kernel = pool_kernel
+        self.bank_dtype = getattr(torch, bank_dtype)
+        self.register_buffer("image_bank", torch.empty(0, sum(self.extractor.channels)))
+        self.register_buffer("patch_bank", torch.empty(0, sum(self.extractor.channels), 0, 0))
+        self.head = AnomalyMapHead(sigma=sigma, score="max")
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled image vectors [B, D] and fused patch features [B, D, h, w]."""
+        features = self.extractor(images)
+        return global_pool(features), fuse_features(features, self.pool_kernel)
+
+    def fit(self, pooled: torch.Tensor, patches: torch.Tensor) -> None:
+        self.image_bank = pooled.float()
+        self.patch_bank = patches.to(self.bank_dtype)
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        pooled, patches = self.embed(images)
+        distances, neighbours = nearest_neighbours(pooled, self.image_bank, k=self.k)
+        b, c, h, w = patches.shape
+        queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        raw = torch.stack(
+            [
+                nearest_neighbours(q, self.patch_bank[idx].permute(0, 2, 3, 1).reshape(-1, c))[0]
+                for q, idx in zip(queries, neighbours, strict=True)
+            ]
+        ).view(b, 1, h, w)
+        return AnomalyOutput(distances.mean(1), self.head(raw, images.shape[-2:]).map)
+
+
+class PatchCoreModel(ResizableBuffers):
+    """Pure PatchCore detector: images in [0, 1] -> AnomalyOutput. Exportable, bank included."""
+
+    resizable_buffers = ("memory_bank",)
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        reweight: bool = False,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+        bank_dtype: BankDtype = "float32",
+        coreset_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise ValueError(f"--model.coreset_ratio must be in (0, 1], got {coreset_ratio}.")
+        self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.pool_kernel = pool_kernel
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.reweight = reweight
+        self.num_neighbors = num_neighbors
+        self.bank_dtype = getattr(torch, bank_dtype)
+        self.coreset_seed = coreset_seed
+        self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
+        self.head = AnomalyMapHead(sigma=sigma, score="max")
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused patch features [B, D, h, w]."""
+        return fuse_features(self.extractor(images), self.pool_kernel)
+
+    def fit(self, patches: torch.Tensor) -> None:
+        """Coreset of all training patches [N, D, h, w] becomes the memory bank."""
+        flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
+        if self.coreset_ratio < 1.0:
+            n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
+            flat = flat[greedy_coreset(flat, n_select, self.projection_dim, self.coreset_seed)]
+        self.memory_bank = flat.to(self.bank_dtype).contiguous()
+
+    def reweighted_score(
+        self, queries: torch.Tensor, raw: torch.Tensor, nearest: torch.Tensor
+    ) -> torch.Tensor:
+        """PatchCore's image score: the max patch distance, scaled down when its bank neighbour sits in a dense region.
+
+        queries [B, P, D], raw [B, P] patch distances, nearest [B, P] bank index of each patch.
+        """
+        b = torch.arange(queries.shape[0], device=queries.device)
+        worst = raw.argmax(1)
+        score = raw[b, worst]
+        neighbour = self.memory_bank[nearest[b, worst]]
+        _, support = nearest_neighbours(neighbour, self.memory_bank, k=self.num_neighbors)
+        distances = (queries[b, worst][:, None] - self.memory_bank[support].float()).norm(dim=2)
+        weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
+        return weight * score
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        patches = self.embed(images)
+        b, c, h, w = patches.shape
+        queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        distances, nearest = nearest_neighbours(queries.reshape(-1, c), self.memory_bank)
+        raw = distances.view(b, h * w)
+        out = self.head(raw.view(b, 1, h, w), images.shape[-2:])
+        if self.reweight and self.num_neighbors > 1:
+            return AnomalyOutput(self.reweighted_score(queries, raw, nearest.view(b, h * w)), out.map)
+        return out
+
+
+class KNN(FitOnceModule):
+    """Image kNN on pooled deep features (seed report 2) with a patch-level neighbour map.
+
+    Args:
+        backbone, layers, weights: feature source (see mvtec_ad.backbones).
+        k: neighbours averaged into the image score (seed: 5).
+        pool_kernel: 3x3 average of the patch features behind the map.
+        sigma: Gaussian blur of the upsampled map.
+        bank_dtype: float16 halves the patch bank's memory (distances are still float32).
+    """
+
+    detector_name = "knn"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        k: int = 5,
+        pool_kernel: int = 3,
+        sigma: float = 4.0,
+        bank_dtype: BankDtype = "float32",
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.model = KNNModel(backbone, layers, weights, k, pool_kernel, sigma, bank_dtype)
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.embed(images)
+
+    def fit_features(self, pooled: torch.Tensor, patches: torch.Tensor) -> None:
+        self.model.fit(pooled, patches)
+        rank_zero_info(f"knn: bank of {pooled.shape[0]} images x {pooled.shape[1]} values.")
+
+    def extra_results(self) -> dict:
+        return {"bank_images": int(self.model.image_bank.shape[0])}
+
+
+class PatchCore(FitOnceModule):
+    """PatchCore (Roth et al. 2022): patch memory bank reduced by a greedy coreset.
+
+    Args:
+        backbone, layers, weights: feature source (see mvtec_ad.backbones).
+        pool_kernel: neighbourhood average of the patch features (3x3).
+        coreset_ratio: share of all training patches kept in the bank (1.0 = no coreset).
+        projection_dim: random projection the coreset is chosen on.
+        reweight: PatchCore's re-weighted image score instead of the plain max of the map.
+        num_neighbors: bank neighbours used by the re-weighting.
+        sigma: Gaussian blur of the upsampled map.
+        bank_dtype: float16 halves the bank (distances are still float32).
+        coreset_seed: seed of the projection and the coreset's first pick.
+    """
+
+    detector_name = "patchcore"
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        reweight: bool = False,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+        bank_dtype: BankDtype = "float32",
+        coreset_seed: int = 0,
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.model = PatchCoreModel(
+            backbone,
+            layers,
+            weights,
+            pool_kernel,
+            coreset_ratio,
+            projection_dim,
+            reweight,
+            num_neighbors,
+            sigma,
+            bank_dtype,
+            coreset_seed,
+        )
+        self.coreset_seconds: float | None = None
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.model.embed(images),)
+
+    def fit_features(self, patches: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.model.fit(patches)
+        self.coreset_seconds = time.perf_counter() - start
+        total = patches.shape[0] * patches.shape[2] * patches.shape[3]
+        rank_zero_info(
+            f"patchcore: {self.model.memory_bank.shape[0]} of {total} patches kept "
+            f"({self.coreset_seconds:.1f} s)."
+        )
+
+    def extra_results(self) -> dict:
+        return {"bank_patches": int(self.model.memory_bank.shape[0]), "coreset_seconds": self.coreset_seconds}
