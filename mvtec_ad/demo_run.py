@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mvtec_ad.data.demo import DEMO_CATEGORIES, make_demo_dataset
 
-DEMO_CONFIGS = ("configs/demo/dfr.yaml",)
+DEMO_CONFIGS = ("configs/demo/dfr.yaml", "configs/demo/favae.yaml")
 
 
 def fmt(value: float | None) -> str:

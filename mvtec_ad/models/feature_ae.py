@@ -1,15 +1,20 @@
-"""Autoencoders on deep features: DFR (Yang et al. 2021; seed dfr-reproduction).
+"""Autoencoders on frozen deep features: DFR and the layer3 feature autoencoder.
 
-Frozen backbone layers (ResNet50 layer2 + layer3 by default) are smoothed by a 3x3 average
-pool, resized to the finest layer's grid and concatenated; a 1x1 convolutional autoencoder
-(C-400-200-d-200-400-C, BatchNorm + ReLU) learns to reconstruct these features on normal images.
-The per-location L2 reconstruction error is the anomaly map; the image score is the mean of its
-top-k values (k = 10).
+DFR (Yang et al. 2021; seed dfr-reproduction): backbone layers (ResNet50 layer2 + layer3 by
+default) are smoothed by a 3x3 average pool, resized to the finest layer's grid and concatenated;
+a 1x1 convolutional autoencoder (C-400-200-d-200-400-C, BatchNorm + ReLU) learns to reconstruct
+these features on normal images. The per-location L2 reconstruction error is the anomaly map; the
+image score is the mean of its top-k values (k = 10).
+
+Feature AE (seed resnet50-layer3-autoencoder): the same kind of autoencoder on raw ResNet50
+layer3 features with a fixed bottleneck; map = per-location squared error averaged over channels,
+score = mean of its 10 largest values, operating threshold = mean + 3 std of the TRAINING scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mvtec_ad.backbones import FeatureExtractor, fuse_features
-from mvtec_ad.data.dataset import Batch
+from mvtec_ad.data.dataset import AnomalyDataset, Batch
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.models.base import AnomalyMapHead, AnomalyModule, AnomalyOutput
 
@@ -225,7 +230,189 @@ class DFR(AnomalyModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, error = self._loss_and_error(batch.image)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self.collect_validation_scores(self.model.head.image_score(error), batch.label)
+        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
+
+    def configure_callbacks(self) -> list:
+        return [
+            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
+            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
+        ]
+
+
+def fixed_images(dataset: object) -> bool:
+    """True when each path of `dataset` always yields the same image, so its features may be cached.
+
+    An AnomalyDataset without a transform; not an augmented one, nor synthetic-anomaly wrappers.
+    """
+    return isinstance(dataset, AnomalyDataset) and dataset.transform is None
+
+
+class FeatureAEModel(nn.Module):
+    """Pure layer3 feature autoencoder detector: images in [0, 1] -> AnomalyOutput. No Lightning inside.
+
+    Several `layers` are resized to the finest grid and concatenated (no pooling); the seed uses
+    ResNet50 layer3 alone. The autoencoder is conv1x1_autoencoder(C, latent_dim, hidden).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer3",),
+        weights: str = "imagenet",
+        hidden: Sequence[int] = (512, 256),
+        latent_dim: int = 128,
+        top_k: int = 10,
+        sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.channels = sum(self.extractor.channels)
+        self.autoencoder = conv1x1_autoencoder(self.channels, latent_dim, hidden)
+        self.head = AnomalyMapHead(sigma=sigma, score="topk", top_k=top_k)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen backbone features: the autoencoder's input and target."""
+        with torch.no_grad():
+            return fuse_features(self.extractor(images), pool_kernel=1)
+
+    def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder(features)
+
+    @staticmethod
+    def error_map(features: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """Per-location squared error averaged over channels [B, 1, h, w] (the seed's E_map)."""
+        return (features - reconstruction).pow(2).mean(1, keepdim=True)
+
+    def score_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Image scores [B] of precomputed backbone features."""
+        return self.head.image_score(self.error_map(features, self.reconstruct(features)))
+
+    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+        features = self.features(images)
+        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:])
+
+
+class FeatureAE(AnomalyModule):
+    """Layer3 feature autoencoder (seed resnet50-layer3-autoencoder) as a LightningModule.
+
+    Args:
+        backbone, layers, weights: feature source (see mvtec_ad.backbones).
+        hidden, latent_dim: autoencoder widths C-hidden-latent_dim-reversed(hidden)-C (1x1 convs).
+        top_k: image score = mean of the k largest map values.
+        sigma: Gaussian blur of the upsampled map.
+        lr: Adam learning rate.
+        early_stopping_patience: epochs without val_loss improvement before stopping.
+        threshold_source: `train` fits the operating threshold on the scores of the unaugmented
+            training images (the seed's mean + 3 std of training scores); `validation` on the
+            validation scores like every other detector. `threshold` says how (method, k, ...).
+        cache_features: keep each image's backbone features in memory (on the model's device)
+            after their first computation: the backbone is frozen, so they never change. Used for
+            every dataset whose path always yields the same image (no augmentation, no synthetic
+            anomalies); later epochs then skip the backbone.
+    """
+
+    detector_name = "feature_ae"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer3",),
+        weights: str = "imagenet",
+        hidden: Sequence[int] = (512, 256),
+        latent_dim: int = 128,
+        top_k: int = 10,
+        sigma: float = 4.0,
+        lr: float = 1e-3,
+        early_stopping_patience: int = 10,
+        threshold_source: Literal["train", "validation"] = "train",
+        cache_features: bool = True,
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.model = FeatureAEModel(backbone, layers, weights, hidden, latent_dim, top_k, sigma)
+        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._cache_training = self._cache_validation = False
+        self._train_images: DataLoader | None = None
+
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self._feature_cache, self._train_images = {}, None
+        cache = self.hparams.cache_features
+        self._cache_training = cache and fixed_images(getattr(datamodule, "train_set", None))
+        self._cache_validation = cache and fixed_images(getattr(datamodule, "val_set", None))
+
+    def cached_features(self, images: torch.Tensor, paths: Sequence[str]) -> torch.Tensor:
+        """Backbone features of images that a path fully determines, each computed once per fit."""
+        missing = [i for i, path in enumerate(paths) if path not in self._feature_cache]
+        if missing:
+            computed = self.model.features(images[missing])
+            # clone outside inference mode: validation-time entries must stay usable by training steps
+            with torch.inference_mode(False):
+                for i, features in zip(missing, computed, strict=True):
+                    self._feature_cache[paths[i]] = features.clone()
+        return torch.stack([self._feature_cache[path] for path in paths])
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self._cache_training:
+            features = self.cached_features(batch.image, batch.path)
+        else:
+            features = self.model.features(batch.image)
+        loss = F.mse_loss(self.model.reconstruct(features), features)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        if self._cache_validation:
+            features = self.cached_features(batch.image, batch.path)
+        else:
+            features = self.model.features(batch.image)
+        reconstruction = self.model.reconstruct(features)
+        loss = F.mse_loss(reconstruction, features)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        error = self.model.error_map(features, reconstruction)
+        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
+
+    @torch.no_grad()
+    def training_scores(self) -> torch.Tensor:
+        """Scores of every unaugmented training image under the current weights, in eval mode.
+
+        Each process scores the whole training set (the loader is not sharded), so every
+        process fits the same threshold without gathering.
+        """
+        if self._train_images is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "feature_dataloader"):
+                raise RuntimeError(
+                    "feature_ae with threshold_source=train needs a DataModule with feature_dataloader()."
+                )
+            self._train_images = datamodule.feature_dataloader()
+        scores = []
+        with self.trainer.precision_plugin.forward_context():
+            for batch in self._train_images:
+                images = batch.image.to(self.device)
+                if self.hparams.cache_features:
+                    features = self.cached_features(images, batch.path)
+                else:
+                    features = self.model.features(images)
+                scores.append(self.model.score_features(features))
+        return torch.cat(scores)
+
+    def threshold_scores(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The seed's basis (training scores) unless threshold_source is validation.
+
+        Computed at each validation epoch end, i.e. with exactly the weights the checkpoint
+        callbacks save right after, so best.ckpt and last.ckpt carry their own threshold.
+        """
+        if self.hparams.threshold_source == "validation":
+            return super().threshold_scores()
+        if self.trainer.sanity_checking:
+            return None
+        return self.training_scores(), None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
