@@ -1,9 +1,10 @@
 """Nearest-neighbour search and greedy k-center coreset selection on feature tensors, in torch.
 
-Both run on the tensors' device in bounded-memory chunks. The coreset is the exact greedy
-k-center (farthest-point) sequence on a random projection, as in PatchCore, but each pick only
-touches the cells of points it can still change (triangle-inequality pruning over a balanced
-partition), instead of every point: the same picks, far fewer distance evaluations.
+Both run on the tensors' device in bounded-memory chunks, with squared distances from one
+matmul each: ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2 (float32, clamped at 0 against rounding).
+
+The coreset is PatchCore's greedy k-center (farthest-point) sequence on a random projection,
+computed exactly but in rounds instead of one pass over all points per pick: see greedy_coreset.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import math
 import torch
 
 CHUNK_ELEMENTS = 1 << 25  # query x bank distances held at once (32 M floats = 128 MB in float32)
+CORESET_CHUNK = 1 << 20  # row x pick distances held at once by the coreset (4 MB: stays in cache)
+CANDIDATES = 1024  # rows the coreset examines per round
+PARK_SAFETY = 0.9  # rows nearer a pick than this share of the guessed last pick distance^2 are parked,
+RHO = 0.95  # but never rows within this share of the farthest row's distance^2
 
 
 def squared_distances(
@@ -22,7 +27,7 @@ def squared_distances(
     q = queries.float()
     b = bank.float()
     b_sq = (b * b).sum(1) if bank_sq is None else bank_sq
-    return ((q * q).sum(1, keepdim=True) - 2.0 * q @ b.T + b_sq).clamp_min_(0.0)
+    return (q @ (b * -2.0).T).add_(b_sq).add_((q * q).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 def nearest_neighbours(
@@ -31,22 +36,29 @@ def nearest_neighbours(
     """Euclidean distances [Q, k] (ascending) and indices [Q, k] of each query's k nearest bank rows.
 
     Queries go in chunks so that at most `chunk_elements` distances exist at a time; the bank may
-    be stored in half precision (distances are computed in float32).
+    be stored in half precision (distances are computed in float32). The matmul only ranks the
+    bank rows: the distances returned are recomputed from the differences, so a query's distance
+    to an identical bank row is exactly 0 however large the features' norms.
     """
     if bank.shape[0] == 0:
         raise RuntimeError(
             "The memory bank is empty: fit the detector first or load a checkpoint (--ckpt_path)."
         )
     k = min(k, bank.shape[0])
-    bank_sq = bank.float().pow(2).sum(1)
-    step = max(1, chunk_elements // bank.shape[0])
+    b = bank.float()
+    b_sq = (b * b).sum(1)
+    b_m2 = (b * -2.0).T
+    step = max(1, chunk_elements // max(bank.shape[0], k * bank.shape[1]))
     distances, indices = [], []
     for start in range(0, queries.shape[0], step):
-        d2 = squared_distances(queries[start : start + step], bank, bank_sq)
-        idx = d2.topk(k, dim=1, largest=False).indices if k > 1 else d2.argmin(1, keepdim=True)
-        # the matmul form loses ~1e-3 of |q|^2 to cancellation: recompute the chosen distances directly
-        chunk = queries[start : start + step].float()
-        distances.append((chunk[:, None] - bank[idx].float()).norm(dim=2))
+        q = queries[start : start + step].float()
+        partial = (q @ b_m2).add_(b_sq)  # ||q - b||^2 - ||q||^2: ranks the bank rows
+        idx = partial.topk(k, dim=1, largest=False)[1] if k > 1 else partial.argmin(1, keepdim=True)
+        dist = (q[:, None, :] - b[idx]).norm(dim=2)
+        if k > 1:
+            dist, order = dist.sort(1)
+            idx = idx.gather(1, order)
+        distances.append(dist)
         indices.append(idx)
     return torch.cat(distances), torch.cat(indices)
 
@@ -60,30 +72,36 @@ def random_projection(features: torch.Tensor, dim: int, seed: int) -> torch.Tens
     return features.float() @ matrix.to(features.device)
 
 
-def balanced_cells(points: torch.Tensor, cell_size: int) -> tuple[torch.Tensor, int]:
-    """Slots of 2^L equal cells that group the points by recursive median splits; slot -> point is `% n`.
+def _lower_to_centres(
+    min_sq: torch.Tensor,
+    rows: torch.Tensor,
+    rows_sq: torch.Tensor,
+    centres: torch.Tensor,
+    chunk_elements: int,
+) -> None:
+    """min_sq = min(min_sq, squared distance of each row to its nearest centre), in place."""
+    if len(centres) == 0:
+        return
+    c_sq = centres.pow(2).sum(1)
+    c_m2 = (centres * -2.0).T
+    step = max(1, chunk_elements // len(centres))
+    for s in range(0, rows.shape[0], step):
+        part = (rows[s : s + step] @ c_m2).add_(c_sq).amin(1)  # min of ||c||^2 - 2 r.c
+        part.add_(rows_sq[s : s + step]).clamp_min_(0.0)
+        torch.minimum(min_sq[s : s + step], part, out=min_sq[s : s + step])
 
-    Each node is split at the median of its projection on its principal direction (a few power
-    iterations), so cells are compact. The slots are padded to fill the cells: slot values >= n
-    are repeats of point `slot % n`.
-    """
-    n = points.shape[0]
-    levels = max(0, math.ceil(math.log2(max(n / cell_size, 1))))
-    cells = 1 << levels
-    slots = torch.arange(cells * math.ceil(n / cells), device=points.device)
-    generator = torch.Generator().manual_seed(0)
-    for level in range(levels):
-        nodes = 1 << level
-        x = points[slots % n].view(nodes, -1, points.shape[1])
-        centred = x - x.mean(1, keepdim=True)
-        direction = torch.randn(nodes, points.shape[1], 1, generator=generator).to(points.device)
-        for _ in range(4):  # power iteration towards the principal direction of each node
-            direction = centred.transpose(1, 2) @ (centred @ direction)
-            direction = direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        projected = (centred @ direction).squeeze(2)
-        # node sizes are (slots per cell) * 2^(levels - level): always even, so the median split is exact
-        slots = slots.view(nodes, -1).gather(1, projected.argsort(dim=1)).view(-1)
-    return slots, cells
+
+def _last_gap_guess(gaps: torch.Tensor, t: int, n_select: int) -> float:
+    """Squared distance the last pick will have, extrapolated from the power law of picks so far."""
+    if t < 32 or float(gaps[t - 1]) <= 0.0:
+        return -math.inf
+    slope = math.log(float(gaps[t // 2]) / float(gaps[t - 1])) / math.log((t - 1) / (t // 2))
+    return float(gaps[t - 1]) * ((t - 1) / n_select) ** max(slope, 0.0)
+
+
+def _positive(limit: float) -> float:
+    """Rows at distance 0 are never parked: they are picked last, when nothing else is left."""
+    return limit if limit > 0.0 else -math.inf
 
 
 def greedy_coreset(
@@ -91,40 +109,86 @@ def greedy_coreset(
     n_select: int,
     projection_dim: int = 128,
     seed: int = 0,
-    cell_size: int = 64,
+    candidates: int = CANDIDATES,
+    chunk_elements: int = CORESET_CHUNK,
 ) -> torch.Tensor:
     """Indices of `n_select` rows chosen by greedy k-center on a random projection, in pick order.
 
     The first pick is a seeded random row; each next pick is the row farthest from everything
-    picked so far. Cells whose bounding ball cannot hold a point closer to the new centre than
-    that point's current distance are skipped (triangle inequality), so late picks are cheap.
+    picked so far: the same sequence as the one-pick-per-pass loop, computed in rounds.
+
+    Each round takes the `candidates` rows farthest from the picks and runs the greedy among them
+    alone (their distances to each other are known), for as long as the best candidate stays
+    farther than the best row outside them: outsiders' distances can only shrink, so each accepted
+    candidate is the global farthest row. One chunked matmul then lowers every row's distance by
+    all the round's picks. A round accepts hundreds of picks on real features.
+
+    Rows nearer a pick than the last pick is guessed to be (`_last_gap_guess`) are parked: no
+    longer updated, since they will never be picked. Should the picks come down to a parked row's
+    (stale, upper-bound) distance after all, the parked rows above a lower guess are caught up
+    first, so the guess only changes the speed, never the result.
     """
     n = features.shape[0]
     n_select = min(max(n_select, 1), n)
     x = random_projection(features, projection_dim, seed)
-    slots, cells = balanced_cells(x, cell_size)
-    index = slots % n  # the row behind every slot
-    pts = x[index].view(cells, -1, x.shape[1])  # [M, S, d]
-    flat = pts.view(-1, x.shape[1])
-    sq = pts.pow(2).sum(2)  # [M, S]
-    centres = pts.mean(1)  # [M, d]
-    radius = (pts - centres[:, None]).norm(dim=2).amax(1)  # [M]
-    # padding repeats and picked rows are -inf: never the farthest, never updated
-    min_dist = torch.where(slots >= n, float("-inf"), float("inf")).view_as(sq).to(x.dtype)
-    cell_max = min_dist.amax(1)
+    x = x - x.mean(0)  # same distances; smaller norms keep the matmul formula precise
+    x_sq = x.pow(2).sum(1)
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
-    slot = int((slots == first).nonzero()[0])
-    picks = torch.empty(n_select, dtype=torch.long, device=x.device)
-    for t in range(n_select):
-        if t > 0:
-            cell = int(cell_max.argmax())
-            slot = cell * pts.shape[1] + int(min_dist[cell].argmax())
-        picks[t] = index[slot]
-        centre, centre_sq = flat[slot], sq.view(-1)[slot]
-        min_dist.view(-1)[slot] = float("-inf")
-        reachable = ((centres - centre).norm(dim=1) - radius < cell_max).nonzero().squeeze(1)
-        dist = (sq[reachable] - 2.0 * (pts[reachable] @ centre) + centre_sq).clamp_min_(0.0).sqrt_()
-        updated = torch.minimum(min_dist[reachable], dist)
-        min_dist[reachable] = updated
-        cell_max[reachable] = updated.amax(1)
+    dev = x.device
+    picks = torch.full((n_select,), first, dtype=torch.long, device=dev)
+    gaps = torch.full((n_select,), math.inf)  # squared distance of each pick to the earlier ones
+    # active rows, their coordinates and their exact squared distance to the nearest pick (-inf: picked)
+    active, xa, xa_sq = torch.arange(n, device=dev), x, x_sq
+    va = torch.full((n,), math.inf, device=dev)
+    _lower_to_centres(va, xa, xa_sq, x[first : first + 1], chunk_elements)
+    va[first] = -math.inf
+    min_sq = va.clone()  # parked rows: the value they had at pick `parked_at`, at most `parked_max`
+    parked_at = torch.zeros(n, dtype=torch.long, device=dev)
+    parked_max, t = -math.inf, 1
+    while t < n_select:
+        guess = PARK_SAFETY * _last_gap_guess(gaps, t, n_select)
+        park = va <= _positive(min(guess, RHO * float(va.max())))
+        if park.any():
+            min_sq[active[park]], parked_at[active[park]] = va[park], t
+            parked_max = max(parked_max, float(va[park].max()))
+            keep = ~park
+            active, xa, xa_sq, va = active[keep], xa[keep], xa_sq[keep], va[keep]
+        top, local = va.topk(min(candidates + 1, len(va)))
+        if len(top) == 0 or float(top[0]) <= parked_max:  # a parked row may be the farthest
+            limit = _positive(min(guess, RHO * float(top[0]))) if len(top) else -math.inf
+            min_sq[active] = va
+            parked = torch.ones(n, dtype=torch.bool, device=dev)
+            parked[active] = False
+            back = parked & (min_sq > limit)
+            rows = back.nonzero().squeeze(1)
+            since, order = parked_at[rows].sort()
+            rows = rows[order]
+            starts, counts = since.unique_consecutive(return_counts=True)
+            for group, start in zip(rows.split(counts.tolist()), starts.tolist(), strict=True):
+                stale = min_sq[group]
+                _lower_to_centres(stale, x[group], x_sq[group], x[picks[start:t]], chunk_elements)
+                min_sq[group] = stale
+            parked_max = float(min_sq.masked_fill(~parked | back, -math.inf).max())
+            active = torch.cat([active, rows]).sort().values
+            xa, xa_sq, va = x[active], x_sq[active], min_sq[active]
+            continue
+        outside = max(float(top[candidates]) if len(top) > candidates else -math.inf, parked_max)
+        local, order = local[:candidates].sort()  # ascending rows: ties go to the lowest, as argmax
+        value = top[order].cpu()
+        between = squared_distances(xa[local], xa[local]).cpu()  # this sequential part runs on the CPU
+        accepted = []
+        while t + len(accepted) < n_select:
+            j = int(value.argmax())
+            if accepted and not value[j] > outside:
+                break
+            gaps[t + len(accepted)] = value[j]
+            accepted.append(j)
+            torch.minimum(value, between[j], out=value)
+            value[j] = -math.inf
+        new = local[torch.tensor(accepted, device=dev)]
+        picks[t : t + len(new)] = active[new]
+        t += len(new)
+        if t < n_select:
+            _lower_to_centres(va, xa, xa_sq, xa[new], chunk_elements)
+            va[new] = -math.inf
     return picks
