@@ -103,5 +103,6 @@ def test_two_process_ddp_fit_gives_the_single_process_scores(config, module, tin
     (double,) = (tmp_path / "ddp").rglob("model.ckpt")
     a = module.load_from_checkpoint(single, map_location="cpu")
     b = module.load_from_checkpoint(double, map_location="cpu")
-    assert float(a.threshold) == pytest.approx(float(b.threshold), rel=1e-6)
+    # batches split differently over processes: equal up to float32 summation order
+    assert float(a.threshold) == pytest.approx(float(b.threshold), rel=1e-5)
     assert torch.allclose(scores_of(a, tiny_root), scores_of(b, tiny_root), rtol=1e-5, atol=1e-6)
