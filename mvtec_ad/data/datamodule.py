@@ -204,7 +204,7 @@ class MVTecDataModule(L.LightningDataModule):
             return
         self.layout = scan_category(self.root, self.category, require_masks=self.require_masks)
         if self.protocol == "test_split":
-            train, val = list(self.layout.train), []
+            train = list(self.layout.train)
             test, val = split_test_val(self.layout.test, self.test_share, self.seed)
         else:
             train, val = split_train_val(self.layout.train, self.val_split, self.seed)

@@ -21,25 +21,29 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def small(root: Path, out: Path) -> list[str]:
+def tiny_args(config: str, root: Path, out: Path, *extra: str) -> list[str]:
+    """Options every CLI test passes: `config` on the tiny set's washer, logs under `out`, then `extra`."""
     return [
         "--config",
-        "configs/demo/dfr.yaml",
+        config,
         "--data.root",
         str(root),
         "--data.category",
         "washer",
         "--data.image_size",
         str(TEST_IMAGE_SIZE),
-        "--data.train_batch_size",
-        "4",
-        "--trainer.max_epochs",
-        "2",
         "--trainer.default_root_dir",
         str(out),
         "--trainer.enable_progress_bar",
         "false",
+        *extra,
     ]
+
+
+def small(root: Path, out: Path) -> list[str]:
+    return tiny_args(
+        "configs/demo/dfr.yaml", root, out, "--data.train_batch_size", "4", "--trainer.max_epochs", "2"
+    )
 
 
 def test_train_then_test_from_checkpoint(tiny_root, tmp_path):

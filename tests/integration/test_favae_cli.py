@@ -9,19 +9,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TEST_IMAGE_SIZE
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, tiny_args
 
 
 def small(root: Path, out: Path, epochs: int) -> list[str]:
-    return [
-        "--config",
+    return tiny_args(
         "configs/demo/favae.yaml",
-        "--data.root",
-        str(root),
-        "--data.category",
-        "washer",
-        "--data.image_size",
-        str(TEST_IMAGE_SIZE),
+        root,
+        out,
         "--model.working_size",
         str(TEST_IMAGE_SIZE),
         "--data.train_batch_size",
@@ -32,11 +27,7 @@ def small(root: Path, out: Path, epochs: int) -> list[str]:
         "2",
         "--trainer.max_epochs",
         str(epochs),
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    )
 
 
 def events(log_dir: Path) -> EventAccumulator:

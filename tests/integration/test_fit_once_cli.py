@@ -10,29 +10,13 @@ from mvtec_ad.data.datamodule import MVTecDataModule
 from mvtec_ad.models.classical import Classical
 from mvtec_ad.models.memory_bank import PatchCore
 from tests.conftest import TEST_IMAGE_SIZE
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, tiny_args
 
 CLASSICAL = ("ocsvm", "iforest", "lof", "elliptic")
 
 
 def args(config: str, root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--config",
-        f"configs/demo/{config}.yaml",
-        "--data.root",
-        str(root),
-        "--data.category",
-        "washer",
-        "--data.image_size",
-        str(TEST_IMAGE_SIZE),
-        "--data.eval_batch_size",
-        "8",
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-        *extra,
-    ]
+    return tiny_args(f"configs/demo/{config}.yaml", root, out, "--data.eval_batch_size", "8", *extra)
 
 
 def metrics_of(out: Path) -> dict:

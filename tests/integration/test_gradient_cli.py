@@ -12,7 +12,7 @@ from mvtec_ad.data.datamodule import MVTecDataModule
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 from mvtec_ad.models.feature_ae import FeatureAE
 from tests.conftest import TEST_IMAGE_SIZE
-from tests.integration.test_cli import cli
+from tests.integration.test_cli import cli, tiny_args
 
 # the in-process runs pass args while pytest's own argv is set; Lightning warns about that mix
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -21,26 +21,17 @@ METRICS = ("image_auroc", "pixel_auroc", "pixel_aupro", "threshold", "precision"
 
 
 def args(config: str, root: Path, out: Path, epochs: int) -> list[str]:
-    return [
-        "--config",
+    return tiny_args(
         config,
-        "--data.root",
-        str(root),
-        "--data.category",
-        "washer",
-        "--data.image_size",
-        str(TEST_IMAGE_SIZE),
+        root,
+        out,
         "--data.train_batch_size",
         "4",
         "--trainer.max_epochs",
         str(epochs),
-        "--trainer.default_root_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.enable_model_summary",
         "false",
-    ]
+    )
 
 
 def run_dir(out: Path) -> Path:
