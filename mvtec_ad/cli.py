@@ -5,6 +5,10 @@
     python -m mvtec_ad train --config configs/demo/dfr.yaml      # fit, then test on the best checkpoint
     python -m mvtec_ad synth --out datasets/demo                 # the procedural demo set
     python -m mvtec_ad demo                                      # synth + train every demo category + table
+    python -m mvtec_ad predict --config ... --ckpt_path ... --data.path some/folder/
+    python -m mvtec_ad benchmark --configs A.yaml B.yaml --data.root R --categories all --out results.csv
+    python -m mvtec_ad stats --data.root R --out stats/
+    python -m mvtec_ad export --config ... --ckpt_path ... --format onnx
 
 One YAML config serves every LightningCLI verb; it is parsed in omegaconf mode, so `${...}`
 interpolation works.
@@ -13,6 +17,7 @@ interpolation works.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
@@ -29,6 +34,18 @@ from mvtec_ad.models.base import AnomalyModule
 EXTRA_COMMANDS = {
     "synth": "write the procedural demo set (MVTec layout)",
     "demo": "make the demo set, train every demo category, print a table",
+    "benchmark": "train + test every config on every category; results.csv and results.md (resumable)",
+    "stats": "dataset exploration: counts, sizes, anomaly areas, brightness; CSV, markdown and plots",
+    "export": "export a checkpoint's detector to ONNX (scores and maps, preprocessing included)",
+}
+
+# verb -> "module:function" taking the remaining argv; imported only when the verb is used
+EXTRA_ENTRY_POINTS = {
+    "synth": "mvtec_ad.cli:synth_main",
+    "demo": "mvtec_ad.demo_run:demo_main",
+    "benchmark": "mvtec_ad.benchmark:benchmark_main",
+    "stats": "mvtec_ad.stats:stats_main",
+    "export": "mvtec_ad.export:export_main",
 }
 
 
@@ -95,7 +112,7 @@ def print_usage() -> None:
     print(__doc__)
     print("Extra commands:")
     for name, text in EXTRA_COMMANDS.items():
-        print(f"  {name:8s} {text}")
+        print(f"  {name:10s} {text}")
     print("\nLightning verbs (fit, validate, test, predict, train): `python -m mvtec_ad <verb> --help`.")
 
 
@@ -132,11 +149,9 @@ def dispatch(argv: Sequence[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print_usage()
         return
-    if argv[0] == "synth":
-        synth_main(argv[1:])
-    elif argv[0] == "demo":
-        from mvtec_ad.demo_run import demo_main
-
-        demo_main(argv[1:])
-    else:
+    entry_point = EXTRA_ENTRY_POINTS.get(argv[0])
+    if entry_point is None:
         run_lightning_cli(None if from_sys else argv)
+        return
+    module_name, function_name = entry_point.split(":")
+    getattr(importlib.import_module(module_name), function_name)(argv[1:])
