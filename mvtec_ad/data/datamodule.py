@@ -35,20 +35,22 @@ def seeded_order(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def split_train_val(samples: list[Sample], val_split: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(
+    samples: list[Sample], val_split: float, seed: int, option: str = "--data.val_split"
+) -> tuple[list[Sample], list[Sample]]:
     """Seeded hold-out of `val_split` of the normal training images (at least one when > 0).
 
     The permutation depends only on the seed and the sorted file list, so the split is the same
-    on every machine and in every process.
+    on every machine and in every process. `option` is the setting that errors name.
     """
     if not 0.0 <= val_split < 1.0:
-        raise DatasetError(f"--data.val_split must be in [0, 1), got {val_split}.")
+        raise DatasetError(f"{option} must be in [0, 1), got {val_split}.")
     n_val = int(round(len(samples) * val_split))
     if val_split > 0:
         n_val = max(1, n_val)
     if n_val >= len(samples):
         raise DatasetError(
-            f"--data.val_split {val_split} leaves no training image out of {len(samples)}; use a smaller value."
+            f"{option} {val_split} leaves no training image out of {len(samples)}; use a smaller value."
         )
     val_idx = set(seeded_order(len(samples), seed)[:n_val])
     train = [s for i, s in enumerate(samples) if i not in val_idx]
@@ -202,7 +204,7 @@ class MVTecDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.layout is not None:
             return
-        self.layout = scan_category(self.root, self.category, require_masks=self.require_masks)
+        self.layout = self.scan_layout()
         if self.protocol == "test_split":
             train = list(self.layout.train)
             test, val = split_test_val(self.layout.test, self.test_share, self.seed)
@@ -225,6 +227,10 @@ class MVTecDataModule(L.LightningDataModule):
             )
         self.test_set = AnomalyDataset(test, self.image_size, cache=self.cache)
         self.val_folds = stratified_folds([s.label for s in self.val_set.samples], self.n_folds, self.seed)
+
+    def scan_layout(self) -> CategoryLayout:
+        """The category's train and test samples; subclasses for other layouts override only this."""
+        return scan_category(self.root, self.category, require_masks=self.require_masks)
 
     def _synthetic_kinds_of(self, n_val: int) -> dict[int, str]:
         """Which held-out images get an anomaly (a seeded `synthetic_share` of them) and of which kind."""

@@ -155,10 +155,16 @@ def scan_category(root: str | Path, category: str, require_masks: bool = True) -
             f"No test images in '{test_dir}'. Expected test/good/ and one folder per defect type."
         )
     if missing and require_masks:
-        shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
-        raise DatasetError(
-            f"{len(missing)} defective test image(s) in '{folder}' have no ground-truth mask "
-            f"(expected ground_truth/<defect>/<stem>_mask.png):\n  {shown}\n"
-            f"Add the masks, or pass --data.require_masks false to evaluate image-level metrics only."
-        )
+        raise missing_masks_error(missing, f"'{folder}'", "ground_truth/<defect>/<stem>_mask.png")
     return CategoryLayout(root, category, train, test)
+
+
+def missing_masks_error(missing: list[str], where: str, expected: str) -> DatasetError:
+    """The error for defective images without a mask: the first few, where masks were sought, the way out."""
+    shown = "\n  ".join(missing[:5]) + ("\n  ..." if len(missing) > 5 else "")
+    return DatasetError(
+        f"{len(missing)} defective test image(s) in {where} have no ground-truth mask "
+        f"(expected {expected}):\n  {shown}\n"
+        f"Add the masks, or pass --data.require_masks false to evaluate image-level metrics only."
+    )
+
