@@ -13,7 +13,7 @@ score = mean of its 10 largest values, operating threshold = mean + 3 std of the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -94,14 +94,17 @@ class DFRModel(nn.Module):
         device = self.feature_mean.device
         self.autoencoder = conv1x1_autoencoder(self.channels, latent_dim).to(device)
 
-    def fused_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Fused backbone features, before channel normalisation."""
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused backbone features before channel normalisation: fixed by the image, so cacheable."""
         with torch.no_grad():
             return fuse_features(self.extractor(images), self.pool_kernel)
 
+    def normalise(self, frozen: torch.Tensor) -> torch.Tensor:
+        """Channel normalisation by the training statistics: the autoencoder's input and target."""
+        return (frozen - self.feature_mean) / self.feature_std
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Fused, channel-normalised features: the autoencoder's input and target."""
-        return (self.fused_features(images) - self.feature_mean) / self.feature_std
+        return self.normalise(self.frozen_features(images))
 
     def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
         if self.autoencoder is None:
@@ -121,9 +124,13 @@ class DFRModel(nn.Module):
 
     @torch.no_grad()
     def fit_statistics(
-        self, loader: DataLoader, channel_norm: bool, latent_dim: int | None, pca_variance: float
+        self,
+        frozen_batches: Iterable[torch.Tensor],
+        channel_norm: bool,
+        latent_dim: int | None,
+        pca_variance: float,
     ) -> int:
-        """One pass over normal images: channel mean/std and the feature covariance (for PCA d).
+        """One pass over the frozen features of normal images: channel mean/std and covariance (PCA d).
 
         Sums run in float64 over every feature vector, so the statistics are exact, not sampled.
         Returns the latent dimension the autoencoder was built with.
@@ -132,13 +139,8 @@ class DFRModel(nn.Module):
         dtype = torch.float32 if device.type == "mps" else torch.float64
         count, total = 0, torch.zeros(self.channels, dtype=dtype, device=device)
         outer = torch.zeros(self.channels, self.channels, dtype=dtype, device=device)
-        for batch in loader:
-            x = (
-                self.fused_features(batch.image.to(device))
-                .permute(0, 2, 3, 1)
-                .reshape(-1, self.channels)
-                .to(dtype)
-            )
+        for frozen in frozen_batches:
+            x = frozen.to(device).permute(0, 2, 3, 1).reshape(-1, self.channels).to(dtype)
             count += x.shape[0]
             total += x.sum(0)
             outer += x.T @ x
@@ -156,90 +158,6 @@ class DFRModel(nn.Module):
                 latent_dim = HIDDEN[-1]
         self.build_autoencoder(latent_dim)
         return latent_dim
-
-
-class DFR(AnomalyModule):
-    """Deep Feature Reconstruction (seed dfr-reproduction) as a LightningModule.
-
-    Args:
-        backbone, layers, weights: feature source (see mvtec_ad.backbones).
-        pool_kernel: average-pool kernel applied to each layer before fusion.
-        latent_dim: bottleneck width d; None = PCA on training features keeping `pca_variance`.
-        channel_norm: normalise fused channels by their training mean/std.
-        top_k: image score = mean of the k largest map values.
-        sigma: Gaussian blur of the upsampled map.
-        lr: Adam learning rate.
-        early_stopping_patience: epochs without val_loss improvement before stopping.
-    """
-
-    detector_name = "dfr"
-
-    def __init__(
-        self,
-        backbone: str = "resnet50",
-        layers: Sequence[str] = ("layer2", "layer3"),
-        weights: str = "imagenet",
-        pool_kernel: int = 3,
-        latent_dim: int | None = None,
-        pca_variance: float = 0.95,
-        channel_norm: bool = True,
-        top_k: int = 10,
-        sigma: float = 4.0,
-        lr: float = 1e-3,
-        early_stopping_patience: int = 10,
-        threshold: ThresholdConfig | None = None,
-        num_overlays: int = 6,
-    ) -> None:
-        super().__init__(threshold=threshold, num_overlays=num_overlays)
-        self.save_hyperparameters()
-        self.model = DFRModel(backbone, layers, weights, pool_kernel, top_k, sigma)
-
-    def setup(self, stage: str) -> None:
-        if stage != "fit" or self.model.autoencoder is not None or self.trainer.ckpt_path:
-            return  # built already, or a checkpoint will provide it (on_load_checkpoint)
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "feature_dataloader"):
-            raise RuntimeError("DFR needs a DataModule with feature_dataloader() to fit its statistics.")
-        if len(datamodule.val_set) == 0:
-            raise ValueError("DFR needs normal validation images: set --data.val_split above 0 (e.g. 0.2).")
-        self.model.to(self.trainer.strategy.root_device)
-        d = self.model.fit_statistics(
-            datamodule.feature_dataloader(),
-            self.hparams.channel_norm,
-            self.hparams.latent_dim,
-            self.hparams.pca_variance,
-        )
-        rank_zero_info(f"DFR: {self.model.channels} fused channels, latent dim d={d}.")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.model.autoencoder is None:  # built from a config: take d from the checkpoint
-            state = checkpoint["state_dict"]
-            conv_weights = [v for k, v in state.items() if k.startswith("model.autoencoder.") and v.ndim == 4]
-            self.model.build_autoencoder(bottleneck_width(conv_weights))
-
-    def _loss_and_error(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.features(images)
-        reconstruction = self.model.reconstruct(features)
-        return F.mse_loss(reconstruction, features), self.model.error_map(features, reconstruction)
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss_and_error(batch.image)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        loss, error = self._loss_and_error(batch.image)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
-
-    def configure_callbacks(self) -> list:
-        return [
-            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
-            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
-        ]
 
 
 def fixed_images(dataset: object) -> bool:
@@ -273,10 +191,16 @@ class FeatureAEModel(nn.Module):
         self.autoencoder = conv1x1_autoencoder(self.channels, latent_dim, hidden)
         self.head = AnomalyMapHead(sigma=sigma, score="topk", top_k=top_k)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen backbone features: the autoencoder's input and target."""
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen backbone features: the autoencoder's input and target, fixed by the image (cacheable)."""
         with torch.no_grad():
             return fuse_features(self.extractor(images), pool_kernel=1)
+
+    def normalise(self, frozen: torch.Tensor) -> torch.Tensor:
+        return frozen  # the seed reconstructs the raw layer3 features
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.frozen_features(images)
 
     def reconstruct(self, features: torch.Tensor) -> torch.Tensor:
         return self.autoencoder(features)
@@ -295,7 +219,156 @@ class FeatureAEModel(nn.Module):
         return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:])
 
 
-class FeatureAE(AnomalyModule):
+class FrozenFeatureCache:
+    """Backbone features of images that a path fully determines, each computed once per fit.
+
+    The backbone is frozen, so an image's features never change during a fit: later epochs read
+    them from memory (on the model's device) and skip the backbone. Only datasets that pass
+    `fixed_images` may use it; augmented or synthetic-anomaly images are recomputed every time.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(
+        self, images: torch.Tensor, paths: Sequence[str], compute: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Features of `images`, computing (with `compute`) only those whose path is not stored yet."""
+        missing = [i for i, path in enumerate(paths) if path not in self.entries]
+        if missing:
+            computed = compute(images[missing])
+            # clone outside inference mode: validation-time entries must stay usable by training steps
+            with torch.inference_mode(False):
+                for i, features in zip(missing, computed, strict=True):
+                    self.entries[paths[i]] = features.clone()
+        return torch.stack([self.entries[path] for path in paths])
+
+
+class FrozenFeatureAutoencoder(AnomalyModule):
+    """What DFR and the feature AE share: an autoencoder trained on a frozen backbone's features.
+
+    `self.model` provides frozen_features (cacheable), normalise, reconstruct, error_map and head.
+    With `cache_features`, the frozen features of fixed images (see `fixed_images`) are computed
+    once per fit, so later epochs cost only the autoencoder.
+    """
+
+    def __init__(self, threshold: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.feature_cache = FrozenFeatureCache()
+        self._cache_training = self._cache_validation = False
+
+    def plan_feature_cache(self) -> None:
+        """Start an empty cache and decide which of the fit's datasets may use it."""
+        datamodule = self.trainer.datamodule
+        cache = self.hparams.cache_features
+        self.feature_cache = FrozenFeatureCache()
+        self._cache_training = cache and fixed_images(getattr(datamodule, "train_set", None))
+        self._cache_validation = cache and fixed_images(getattr(datamodule, "val_set", None))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.plan_feature_cache()
+
+    def frozen_features(self, batch: Batch, cached: bool) -> torch.Tensor:
+        images = batch.image.to(self.device)
+        if cached:
+            return self.feature_cache.get(images, batch.path, self.model.frozen_features)
+        return self.model.frozen_features(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        features = self.model.normalise(self.frozen_features(batch, self._cache_training))
+        loss = F.mse_loss(self.model.reconstruct(features), features)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        features = self.model.normalise(self.frozen_features(batch, self._cache_validation))
+        reconstruction = self.model.reconstruct(features)
+        loss = F.mse_loss(reconstruction, features)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        error = self.model.error_map(features, reconstruction)
+        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
+
+    def configure_callbacks(self) -> list:
+        return [
+            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
+            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
+        ]
+
+
+class DFR(FrozenFeatureAutoencoder):
+    """Deep Feature Reconstruction (seed dfr-reproduction) as a LightningModule.
+
+    Args:
+        backbone, layers, weights: feature source (see mvtec_ad.backbones).
+        pool_kernel: average-pool kernel applied to each layer before fusion.
+        latent_dim: bottleneck width d; None = PCA on training features keeping `pca_variance`.
+        channel_norm: normalise fused channels by their training mean/std.
+        top_k: image score = mean of the k largest map values.
+        sigma: Gaussian blur of the upsampled map.
+        lr: Adam learning rate.
+        early_stopping_patience: epochs without val_loss improvement before stopping.
+        cache_features: keep each fixed image's fused features in memory during a fit (see
+            FrozenFeatureCache); the statistics pass fills it, so no epoch runs the backbone on
+            unaugmented training images. Costs C x h x w floats per image (ResNet50: 4.8 MB).
+    """
+
+    detector_name = "dfr"
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        latent_dim: int | None = None,
+        pca_variance: float = 0.95,
+        channel_norm: bool = True,
+        top_k: int = 10,
+        sigma: float = 4.0,
+        lr: float = 1e-3,
+        early_stopping_patience: int = 10,
+        cache_features: bool = True,
+        threshold: ThresholdConfig | None = None,
+        num_overlays: int = 6,
+    ) -> None:
+        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.model = DFRModel(backbone, layers, weights, pool_kernel, top_k, sigma)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit" or self.model.autoencoder is not None or self.trainer.ckpt_path:
+            return  # built already, or a checkpoint will provide it (on_load_checkpoint)
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "feature_dataloader"):
+            raise RuntimeError("DFR needs a DataModule with feature_dataloader() to fit its statistics.")
+        if len(datamodule.val_set) == 0:
+            raise ValueError("DFR needs normal validation images: set --data.val_split above 0 (e.g. 0.2).")
+        self.model.to(self.trainer.strategy.root_device)
+        # the unaugmented training images: when training sees exactly these, fill the cache now
+        frozen = (
+            self.frozen_features(batch, self._cache_training) for batch in datamodule.feature_dataloader()
+        )
+        d = self.model.fit_statistics(
+            frozen, self.hparams.channel_norm, self.hparams.latent_dim, self.hparams.pca_variance
+        )
+        rank_zero_info(f"DFR: {self.model.channels} fused channels, latent dim d={d}.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.model.autoencoder is None:  # built from a config: take d from the checkpoint
+            state = checkpoint["state_dict"]
+            conv_weights = [v for k, v in state.items() if k.startswith("model.autoencoder.") and v.ndim == 4]
+            self.model.build_autoencoder(bottleneck_width(conv_weights))
+
+
+class FeatureAE(FrozenFeatureAutoencoder):
     """Layer3 feature autoencoder (seed resnet50-layer3-autoencoder) as a LightningModule.
 
     Args:
@@ -308,10 +381,8 @@ class FeatureAE(AnomalyModule):
         threshold_source: `train` fits the operating threshold on the scores of the unaugmented
             training images (the seed's mean + 3 std of training scores); `validation` on the
             validation scores like every other detector. `threshold` says how (method, k, ...).
-        cache_features: keep each image's backbone features in memory (on the model's device)
-            after their first computation: the backbone is frozen, so they never change. Used for
-            every dataset whose path always yields the same image (no augmentation, no synthetic
-            anomalies); later epochs then skip the backbone.
+        cache_features: keep each fixed image's backbone features in memory during a fit (see
+            FrozenFeatureCache); later epochs then skip the backbone.
     """
 
     detector_name = "feature_ae"
@@ -335,47 +406,11 @@ class FeatureAE(AnomalyModule):
         super().__init__(threshold=threshold, num_overlays=num_overlays)
         self.save_hyperparameters()
         self.model = FeatureAEModel(backbone, layers, weights, hidden, latent_dim, top_k, sigma)
-        self._feature_cache: dict[str, torch.Tensor] = {}
-        self._cache_training = self._cache_validation = False
         self._train_images: DataLoader | None = None
 
-    def on_fit_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        self._feature_cache, self._train_images = {}, None
-        cache = self.hparams.cache_features
-        self._cache_training = cache and fixed_images(getattr(datamodule, "train_set", None))
-        self._cache_validation = cache and fixed_images(getattr(datamodule, "val_set", None))
-
-    def cached_features(self, images: torch.Tensor, paths: Sequence[str]) -> torch.Tensor:
-        """Backbone features of images that a path fully determines, each computed once per fit."""
-        missing = [i for i, path in enumerate(paths) if path not in self._feature_cache]
-        if missing:
-            computed = self.model.features(images[missing])
-            # clone outside inference mode: validation-time entries must stay usable by training steps
-            with torch.inference_mode(False):
-                for i, features in zip(missing, computed, strict=True):
-                    self._feature_cache[paths[i]] = features.clone()
-        return torch.stack([self._feature_cache[path] for path in paths])
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        if self._cache_training:
-            features = self.cached_features(batch.image, batch.path)
-        else:
-            features = self.model.features(batch.image)
-        loss = F.mse_loss(self.model.reconstruct(features), features)
-        self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
-        return loss
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        if self._cache_validation:
-            features = self.cached_features(batch.image, batch.path)
-        else:
-            features = self.model.features(batch.image)
-        reconstruction = self.model.reconstruct(features)
-        loss = F.mse_loss(reconstruction, features)
-        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        error = self.model.error_map(features, reconstruction)
-        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self._train_images = None
 
     @torch.no_grad()
     def training_scores(self) -> torch.Tensor:
@@ -394,12 +429,8 @@ class FeatureAE(AnomalyModule):
         scores = []
         with self.trainer.precision_plugin.forward_context():
             for batch in self._train_images:
-                images = batch.image.to(self.device)
-                if self.hparams.cache_features:
-                    features = self.cached_features(images, batch.path)
-                else:
-                    features = self.model.features(images)
-                scores.append(self.model.score_features(features))
+                features = self.frozen_features(batch, cached=self.hparams.cache_features)
+                scores.append(self.model.score_features(self.model.normalise(features)))
         return torch.cat(scores)
 
     def threshold_scores(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -413,12 +444,3 @@ class FeatureAE(AnomalyModule):
         if self.trainer.sanity_checking:
             return None
         return self.training_scores(), None
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.autoencoder.parameters(), lr=self.hparams.lr)
-
-    def configure_callbacks(self) -> list:
-        return [
-            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
-            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
-        ]

@@ -74,7 +74,10 @@ def test_fit_test_writes_sane_metrics(trained):
     assert metrics["checkpoint"].endswith("best.ckpt")
     assert {p.name for p in (Path(log_dir) / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     overlays = list(Path(log_dir).glob("overlays/*.png"))
-    assert len(overlays) == model.num_overlays
+    k = model.num_overlays  # per group: worst-scored normals, best- and worst-scored defects
+    assert len(overlays) == min(k, 4) + min(2 * k, 8)  # 4 good and 8 defective test images
+    charts = {p.name for p in (Path(log_dir) / "plots").iterdir()}
+    assert charts == {"roc.png", "histogram.png", "confusion.png"}
 
 
 def test_tensorboard_has_test_metrics_and_overlays(trained):
@@ -146,3 +149,29 @@ def test_resume_ends_with_the_same_epochs(tiny_root, tmp_path):
     assert resumed.epochs == [2, 3]  # epoch 2 never finished: it runs again, nothing is repeated or skipped
     assert again.global_step == full.global_step
     assert math.isfinite(float(again.lightning_module.threshold))
+
+
+def test_feature_cache_runs_the_backbone_once_per_image_and_changes_nothing(tiny_root, tmp_path):
+    def fit(cache: bool) -> tuple[DFR, int, MVTecDataModule]:
+        seed_everything(0)
+        model = DFR(**tiny_dfr_kwargs(), early_stopping_patience=50, cache_features=cache)
+        calls = []
+        model.model.extractor.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+        dm = datamodule(tiny_root)
+        make_trainer(tmp_path / str(cache), max_epochs=3).fit(model, datamodule=dm)
+        return model, sum(calls), dm
+
+    cached, cached_images, dm = fit(True)
+    plain, plain_images, _ = fit(False)
+    n_train, n_val = len(dm.train_set), len(dm.val_set)
+    # statistics pass fills the cache; sanity check + 3 validation epochs + 3 training epochs reuse it
+    assert cached_images == n_train + n_val
+    assert plain_images == n_train + n_val * 4 + n_train * 3  # statistics, sanity + 3 val, 3 train epochs
+    assert len(cached.feature_cache) == n_train + n_val
+    # the same training up to float rounding: the backbone saw batches of other sizes (~1e-6 apart),
+    # and Adam turns the rounding-noise gradients of the biases before BatchNorm into full steps,
+    # which BatchNorm cancels; so compare what the models compute, not their weights
+    images = next(iter(dm.test_dataloader())).image
+    with torch.no_grad():
+        a, b = cached.eval()(images), plain.eval()(images)
+    assert torch.allclose(a.score, b.score, rtol=1e-3) and torch.allclose(a.map, b.map, rtol=1e-3, atol=1e-4)
