@@ -58,16 +58,24 @@ def trapezoid_to(x: torch.Tensor, y: torch.Tensor, x_max: float) -> torch.Tensor
     return torch.trapezoid(ys, xs)
 
 
-def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
-    """Exact ROC AUC (equals sklearn.metrics.roc_auc_score); None when only one class is present."""
+def roc_curve(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """False- and true-positive rates at every distinct threshold (descending; the last is (1, 1)).
+
+    None when only one class is present. The (0, 0) start is implicit, as in `trapezoid_to`.
+    """
     labels = labels.flatten().bool()
-    scores = scores.flatten()
     n_pos = int(labels.sum())
     n_neg = labels.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    _, (tp, fp) = cumulative_curve(scores, labels, ~labels)
-    return float(trapezoid_to(fp / n_neg, tp / n_pos, 1.0))
+    _, (tp, fp) = cumulative_curve(scores.flatten(), labels, ~labels)
+    return fp / n_neg, tp / n_pos
+
+
+def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Exact ROC AUC (equals sklearn.metrics.roc_auc_score); None when only one class is present."""
+    curve = roc_curve(scores, labels)
+    return None if curve is None else float(trapezoid_to(*curve, 1.0))
 
 
 def f1_max(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float] | tuple[None, None]:
@@ -191,9 +199,10 @@ class AnomalyMetrics(Metric):
     def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).bool()
-        maps = dim_zero_cat(self.maps) if self.pixel and self.maps else None
+        # len(), not truth value: after a DDP sync the list states are single concatenated tensors
+        maps = dim_zero_cat(self.maps) if self.pixel and len(self.maps) > 0 else None
         masks = dim_zero_cat(self.masks).bool() if maps is not None else None
-        if self.index and dim_zero_cat(self.index).numel() == scores.numel():
+        if len(self.index) > 0 and dim_zero_cat(self.index).numel() == scores.numel():
             index = dim_zero_cat(self.index)
             scores, labels = unique_by_index(index, scores, labels)
             if maps is not None:

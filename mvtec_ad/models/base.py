@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -22,8 +23,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import nn
 
 from mvtec_ad.data.dataset import Batch, unique_by_index
+from mvtec_ad.evaluation.figures import confusion_figure, roc_figure, score_histogram
 from mvtec_ad.evaluation.metrics import AnomalyMetrics
-from mvtec_ad.evaluation.plots import heatmap_triptych, save_png
+from mvtec_ad.evaluation.overlays import OverlaySelection
+from mvtec_ad.evaluation.plots import overlay_panels, save_png
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 
 METRIC_KEYS = (
@@ -122,6 +125,8 @@ class AnomalyModule(L.LightningModule):
     Subclasses set `detector_name`, build `self.model`, and implement training (if any). The
     validation pass collects image scores of normal validation images; at its end the operating
     threshold is fitted and stored in a buffer, so it travels in every checkpoint and export.
+    `num_overlays` is per group: up to that many worst-scored normals, best- and worst-scored
+    defects are drawn after each test run.
     """
 
     detector_name = "detector"
@@ -194,7 +199,7 @@ class AnomalyModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         pixel = self.produces_maps and bool(getattr(datamodule, "has_masks", True))
         self.test_metrics = AnomalyMetrics(pixel=pixel).to(self.device)
-        self._overlays: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]] = []
+        self._overlays = OverlaySelection(self.num_overlays)
         if not math.isfinite(float(self.threshold)):
             rank_zero_warn(
                 "No operating threshold in this model (no validation data was seen): precision, recall "
@@ -204,13 +209,8 @@ class AnomalyModule(L.LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         out = self(batch.image)
         self.test_metrics.update(out.score, batch.label, out.map, batch.mask, batch.index)
-        for i in range(len(batch)):
-            if len(self._overlays) >= self.num_overlays:
-                break
-            if batch.label[i] == 1 or len(self._overlays) < self.num_overlays // 3:
-                self._overlays.append(
-                    (batch.image[i].cpu(), out.map[i, 0].cpu(), batch.mask[i, 0].cpu(), batch.path[i])
-                )
+        maps = out.map if self.produces_maps else None  # an image-only detector's map is a constant
+        self._overlays.update(out.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask)
 
     def on_test_epoch_end(self) -> None:
         threshold = float(self.threshold)
@@ -230,33 +230,44 @@ class AnomalyModule(L.LightningModule):
         self.test_results = {key: results[key] for key in METRIC_KEYS} | results
         loggable = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.log_dict(loggable, sync_dist=False)
-        self._write_test_outputs()
+        # Trainer.log_dir is a broadcast: every process must ask, not only rank 0
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        self._write_test_outputs(log_dir, *self.gathered_test_scores())
+
+    def gathered_test_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores and labels of every test image from every process, DDP repeats dropped (CPU)."""
+        scores, labels, index = (t.to(self.device) for t in self._overlays.scores_labels_index())
+        gathered = (self.all_gather(t).flatten() for t in (scores, labels, index))
+        scores, labels, index = (t.cpu() for t in gathered)
+        return unique_by_index(index, scores, labels)
 
     def extra_results(self) -> dict:
         """Detector-specific facts for metrics.json (chosen hyperparameters, bank size, ...)."""
         return {}
 
     @rank_zero_only
-    def _write_test_outputs(self) -> None:
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+    def _write_test_outputs(self, log_dir: Path, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """metrics.json, then the charts (plots/) and the chosen overlays (overlays/), also to TensorBoard."""
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "metrics.json").write_text(json.dumps(self.test_results, indent=2) + "\n")
         rank_zero_info(f"Test metrics written to {log_dir / 'metrics.json'}")
-        if not self._overlays:
-            return
-        maps = torch.stack([o[1] for o in self._overlays])
-        vmin, vmax = float(maps.min()), float(maps.max())
         tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        for i, (image, amap, mask, path) in enumerate(self._overlays):
-            panel = heatmap_triptych(image, amap, mask, vmin, vmax)
-            save_png(log_dir / "overlays" / f"{i:02d}_{Path(path).parent.name}_{Path(path).stem}.png", panel)
+
+        def write(relative: str, tag: str, rgb: np.ndarray) -> None:
+            save_png(log_dir / relative, rgb)
             if tensorboard is not None:
-                tensorboard.experiment.add_image(
-                    f"test_overlays/{i:02d}_{Path(path).parent.name}",
-                    panel,
-                    self.global_step,
-                    dataformats="HWC",
-                )
+                tensorboard.experiment.add_image(tag, rgb, self.global_step, dataformats="HWC")
+
+        threshold = float(self.threshold)
+        write("plots/roc.png", "test/roc", roc_figure(scores, labels, threshold))
+        write("plots/histogram.png", "test/histogram", score_histogram(scores, labels, threshold))
+        write("plots/confusion.png", "test/confusion", confusion_figure(scores, labels, threshold))
+        vmin, vmax = self._overlays.map_range()
+        for group, chosen in self._overlays.selected().items():
+            for rank, c in enumerate(chosen):
+                caption = c.caption(group, rank, threshold)
+                panel = overlay_panels(c.image, c.map, c.mask, c.score, threshold, vmin, vmax, caption)
+                write(f"overlays/{c.file_name(group, rank)}", f"test_overlays/{group}_{rank:02d}", panel)
 
     # ---- predict -----------------------------------------------------------------------------
     def predict_step(self, batch: Batch, batch_idx: int) -> dict:
