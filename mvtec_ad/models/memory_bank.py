@@ -64,16 +64,19 @@ class KNNModel(ResizableBuffers):
 
     def forward(self, images: torch.Tensor) -> AnomalyOutput:
         pooled, patches = self.embed(images)
-        distances, neighbours = nearest_neighbours(pooled, self.image_bank, k=self.k)
+        # one query per image ([B, 1, D]): batched calls never loop over the batch, so it exports
+        distances, neighbours = nearest_neighbours(pooled.unsqueeze(1), self.image_bank, k=self.k)
         b, c, h, w = patches.shape
         queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        # nearest patch among the k neighbour images, one neighbour at a time: memory stays at one
+        # image's patches per query image
         raw = torch.stack(
             [
-                nearest_neighbours(q, self.patch_bank[idx].permute(0, 2, 3, 1).reshape(-1, c))[0]
-                for q, idx in zip(queries, neighbours, strict=True)
+                nearest_neighbours(queries, self.patch_bank[j].permute(0, 2, 3, 1).reshape(b, h * w, c))[0]
+                for j in neighbours[:, 0].unbind(1)
             ]
-        ).view(b, 1, h, w)
-        return AnomalyOutput(distances.mean(1), self.head(raw, images.shape[-2:]).map)
+        ).amin(0)
+        return AnomalyOutput(distances[:, 0].mean(1), self.head(raw.view(b, 1, h, w), images.shape[-2:]).map)
 
 
 class PatchCoreModel(ResizableBuffers):
@@ -127,13 +130,14 @@ class PatchCoreModel(ResizableBuffers):
         """PatchCore's image score: the max patch distance, scaled down when its bank neighbour sits in a dense region.
 
         queries [B, P, D], raw [B, P] patch distances, nearest [B, P] bank index of each patch.
+        Indexing by `gather` keeps the batch size out of the computation (dynamic-batch export).
         """
-        b = torch.arange(queries.shape[0], device=queries.device)
-        worst = raw.argmax(1)
-        score = raw[b, worst]
-        neighbour = self.memory_bank[nearest[b, worst]]
-        _, support = nearest_neighbours(neighbour, self.memory_bank, k=self.num_neighbors)
-        distances = (queries[b, worst][:, None] - self.memory_bank[support].float()).norm(dim=2)
+        worst = raw.argmax(1, keepdim=True)  # [B, 1]
+        score = raw.gather(1, worst)[:, 0]
+        query = queries.gather(1, worst.unsqueeze(-1).expand(-1, -1, queries.shape[-1]))  # [B, 1, D]
+        neighbour = self.memory_bank[nearest.gather(1, worst)]  # [B, 1, D]
+        _, support = nearest_neighbours(neighbour, self.memory_bank, k=self.num_neighbors)  # [B, 1, n]
+        distances = (query.unsqueeze(2) - self.memory_bank[support].float()).norm(dim=-1)[:, 0]
         weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
         return weight * score
 
@@ -141,7 +145,7 @@ class PatchCoreModel(ResizableBuffers):
         patches = self.embed(images)
         b, c, h, w = patches.shape
         queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        distances, nearest = nearest_neighbours(queries.reshape(-1, c), self.memory_bank)
+        distances, nearest = nearest_neighbours(queries, self.memory_bank)  # [B, P, 1]
         raw = distances.view(b, h * w)
         out = self.head(raw.view(b, 1, h, w), images.shape[-2:])
         if self.reweight and self.num_neighbors > 1:

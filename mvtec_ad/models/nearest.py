@@ -30,37 +30,54 @@ def squared_distances(
     return (q @ (b * -2.0).T).add_(b_sq).add_((q * q).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
+def gather_rows(bank: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Bank rows [..., Q, k, D] at indices [..., Q, k] of one shared bank [N, D] or per-item banks [B, N, D].
+
+    `gather`, not an arange over the batch: it traces with a dynamic batch size (ONNX export).
+    """
+    if bank.dim() == 2:
+        return bank[indices]
+    flat = indices.flatten(1)
+    rows = bank.gather(1, flat.unsqueeze(-1).expand(-1, -1, bank.shape[-1]))
+    return rows.view(indices.shape + bank.shape[-1:])
+
+
 def nearest_neighbours(
     queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk_elements: int = CHUNK_ELEMENTS
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distances [Q, k] (ascending) and indices [Q, k] of each query's k nearest bank rows.
+    """Euclidean distances [..., Q, k] (ascending) and indices [..., Q, k] of each query's k nearest bank rows.
 
-    Queries go in chunks so that at most `chunk_elements` distances exist at a time; the bank may
-    be stored in half precision (distances are computed in float32). The matmul only ranks the
-    bank rows: the distances returned are recomputed from the differences, so a query's distance
-    to an identical bank row is exactly 0 however large the features' norms.
+    queries [Q, D] against a bank [N, D]; or a batch, queries [B, Q, D], against one shared bank
+    [N, D] or one bank per item [B, N, D]. Queries go in chunks along Q so that at most
+    `chunk_elements` distances exist at a time (slices along Q only: with a batch dimension the
+    batch size never steers the chunking, so the model exports with a dynamic batch). The bank
+    may be stored in half precision (distances are computed in float32). The matmul only ranks
+    the bank rows: the distances returned are recomputed from the differences, so a query's
+    distance to an identical bank row is exactly 0 however large the features' norms.
     """
-    if bank.shape[0] == 0:
+    n_bank = bank.shape[-2]
+    if n_bank == 0:
         raise RuntimeError(
             "The memory bank is empty: fit the detector first or load a checkpoint (--ckpt_path)."
         )
-    k = min(k, bank.shape[0])
+    k = min(k, n_bank)
     b = bank.float()
-    b_sq = (b * b).sum(1)
-    b_m2 = (b * -2.0).T
-    step = max(1, chunk_elements // max(bank.shape[0], k * bank.shape[1]))
+    b_sq = (b * b).sum(-1).unsqueeze(-2)
+    b_m2 = (b * -2.0).transpose(-1, -2)
+    per_query = math.prod(queries.shape[:-2]) * max(n_bank, k * bank.shape[-1])  # elements per step of Q
+    step = max(1, chunk_elements // per_query)
     distances, indices = [], []
-    for start in range(0, queries.shape[0], step):
-        q = queries[start : start + step].float()
+    for start in range(0, queries.shape[-2], step):
+        q = queries[..., start : start + step, :].float()
         partial = (q @ b_m2).add_(b_sq)  # ||q - b||^2 - ||q||^2: ranks the bank rows
-        idx = partial.topk(k, dim=1, largest=False)[1] if k > 1 else partial.argmin(1, keepdim=True)
-        dist = (q[:, None, :] - b[idx]).norm(dim=2)
+        idx = partial.topk(k, dim=-1, largest=False)[1] if k > 1 else partial.argmin(-1, keepdim=True)
+        dist = (q.unsqueeze(-2) - gather_rows(b, idx)).norm(dim=-1)
         if k > 1:
-            dist, order = dist.sort(1)
-            idx = idx.gather(1, order)
+            dist, order = dist.sort(-1)
+            idx = idx.gather(-1, order)
         distances.append(dist)
         indices.append(idx)
-    return torch.cat(distances), torch.cat(indices)
+    return torch.cat(distances, -2), torch.cat(indices, -2)
 
 
 def random_projection(features: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
