@@ -72,6 +72,22 @@ class AnomalyCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "train": {"model", "datamodule"}}
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":  # the checkpoint's image size; see mvtec_ad.predict
+            from mvtec_ad.predict import prepare_predict_config
+
+            prepare_predict_config(self.config.predict)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Lightning's, plus the writer of predictions.csv/json and heatmaps for every `predict` run."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict":
+            from mvtec_ad.predict import PredictionWriter
+
+            if not any(isinstance(c, PredictionWriter) for c in trainer.callbacks):
+                trainer.callbacks.append(PredictionWriter())
+        return trainer
+
 
 def run_lightning_cli(args: Sequence[str] | None = None) -> AnomalyCLI:
     # frozen backbones are in eval mode on purpose; say so once here instead of warning every run

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from mvtec_ad.data.dataset import AnomalyDataset, DecodeCache, collate_batch
-from mvtec_ad.data.layout import CategoryLayout, DatasetError, Sample, scan_category
+from mvtec_ad.data.layout import CategoryLayout, DatasetError, Sample, find_images, scan_category
 
 PROTOCOLS = ("official", "test_split", "synthetic")
 
@@ -151,6 +151,9 @@ class MVTecDataModule(L.LightningDataModule):
         augmentation: training augmentation preset of mvtec_ad.data.transforms (None = none).
         samples_per_epoch: draw this many training images per epoch (with replacement when it
             exceeds the training set), e.g. the seed's ~1,500 augmented images per category.
+        path: what `predict` scores instead of the test split: an image file, a folder (its
+            images, sorted; subfolders are not searched) or a glob ('**' recurses). Labels are
+            unknown (-1) and root/category are not read.
     """
 
     def __init__(
@@ -171,6 +174,7 @@ class MVTecDataModule(L.LightningDataModule):
         n_folds: int = 3,
         augmentation: str | None = None,
         samples_per_epoch: int | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -198,10 +202,15 @@ class MVTecDataModule(L.LightningDataModule):
         self.n_folds = n_folds
         self.augmentation = augmentation
         self.samples_per_epoch = samples_per_epoch
+        self.path = path
         self.layout: CategoryLayout | None = None
         self.cache = DecodeCache()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" and self.path is not None:  # new images only: no dataset folder needed
+            samples = [Sample(p, -1, "unknown") for p in find_images(self.path)]
+            self.predict_set = AnomalyDataset(samples, self.image_size, cache=self.cache)
+            return
         if self.layout is not None:
             return
         self.layout = self.scan_layout()
@@ -299,7 +308,9 @@ class MVTecDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        if self.path is None:
+            return self.test_dataloader()
+        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
 
     def feature_dataloader(self) -> DataLoader:
         """The training images in order, unshuffled and unaugmented: for statistics a model fits before training."""

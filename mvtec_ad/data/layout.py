@@ -11,6 +11,7 @@ on a user's folder fails here, early, with a message that names the path and the
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,3 +169,30 @@ def missing_masks_error(missing: list[str], where: str, expected: str) -> Datase
         f"Add the masks, or pass --data.require_masks false to evaluate image-level metrics only."
     )
 
+
+def find_images(path: str | Path) -> list[Path]:
+    """Images to predict on: one file, a folder's images (not its subfolders) or a glob, sorted.
+
+    A glob may recurse with `**` (e.g. 'parts/**/*.png'); only files with an image extension are
+    kept. No image at all is an error that names the path.
+    """
+    text = str(path)
+    if glob.has_magic(text):
+        found = [Path(p) for p in glob.glob(text, recursive=True)]
+        images = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    elif Path(text).is_file():
+        images = [Path(text)]
+    else:
+        images = list_images(Path(text))
+    if images:
+        return images
+    if glob.has_magic(text):
+        reason = "matches no image file"
+    elif Path(text).exists():
+        reason = "holds no image file (subfolders are not searched: use a glob such as 'folder/**/*.png')"
+    else:
+        reason = "does not exist"
+    raise DatasetError(
+        f"--data.path '{text}' {reason}. Pass an image file, a folder of images or a glob "
+        f"({', '.join(IMAGE_EXTENSIONS)})."
+    )
