@@ -35,7 +35,7 @@ from mvtec_ad.benchmark_results import (
     row_key,
     write_results,
 )
-from mvtec_ad.data.layout import MVTEC_HELP, DatasetError, list_categories
+from mvtec_ad.data.layout import DatasetError, resolve_categories
 
 PASS_THROUGH_PREFIXES = ("--data.", "--trainer.", "--model.", "--seed_everything")
 SET_BY_BENCHMARK = {
@@ -136,26 +136,6 @@ def check_configs(configs: Sequence[str]) -> list[str]:
             f"folder (runs/{clashes[0]}). List a config once; copy one to another file name to compare both."
         )
     return paths
-
-
-def resolve_categories(root: str, requested: Sequence[str]) -> list[str]:
-    """`all` (every category folder, MVTec's official order first) or the named categories, checked."""
-    available = list_categories(root)
-    if not available:
-        state = "does not exist" if not Path(root).is_dir() else "holds no category folder with train/good/"
-        raise DatasetError(f"Dataset root '{root}' (--data.root) {state}. {MVTEC_HELP}")
-    names = list(
-        dict.fromkeys(name.strip() for item in requested for name in item.split(",") if name.strip())
-    )
-    if names == ["all"]:
-        return available
-    unknown = [name for name in names if name not in available]
-    if unknown:
-        raise DatasetError(
-            f"Unknown categor{'y' if len(unknown) == 1 else 'ies'} in --categories: {', '.join(unknown)}. "
-            f"'{root}' holds: {', '.join(available)}. Pass some of them (a,b) or all."
-        )
-    return names
 
 
 def plan_runs(

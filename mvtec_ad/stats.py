@@ -39,7 +39,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mvtec_ad.data.dataset import decode_image, decode_mask
-from mvtec_ad.data.layout import MVTEC_HELP, DatasetError, Sample, list_categories, scan_category
+from mvtec_ad.data.layout import Sample, resolve_categories, scan_category
 
 CHANNELS = ("b", "g", "r")  # the seed's (OpenCV) channel order; decode_image gives R, G, B
 CHANNEL_COLOURS = ("tab:blue", "tab:green", "tab:red")
@@ -184,31 +184,6 @@ def category_stats(root: str | Path, category: str) -> CategoryStats:
         for sample in samples:
             result.add(sample, split)
     return result
-
-
-def resolve_categories(root: str | Path, requested: Sequence[str]) -> list[str]:
-    """`all` -> every category under root (MVTec's official order first); otherwise the names given,
-    each checked to exist, so a typo fails before any image is read."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"Dataset root '{root}' does not exist. {MVTEC_HELP}")
-    present = list_categories(root)
-    if not present:
-        raise DatasetError(
-            f"No category folders in '{root}' (a category folder holds train/good/). "
-            f"Pass the folder that holds the category folders with --data.root. {MVTEC_HELP}"
-        )
-    names = [name for item in requested for name in item.split(",") if name]
-    if names == ["all"]:
-        return present
-    unknown = [name for name in names if name not in present]
-    if unknown or not names:
-        raise DatasetError(
-            f"Unknown category {', '.join(repr(n) for n in unknown) or '(none given)'} in '{root}'. "
-            f"Categories there: {', '.join(present)}. Pass some of them, comma-separated, or 'all' "
-            f"with --categories."
-        )
-    return names
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:

@@ -12,6 +12,7 @@ on a user's folder fails here, early, with a message that names the path and the
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,31 @@ def list_categories(root: str | Path) -> list[str]:
     found = {p.name for p in root.iterdir() if (p / "train" / GOOD).is_dir()}
     official = [c for c in MVTEC_CATEGORIES if c in found]
     return official + sorted(found - set(official))
+
+
+def resolve_categories(root: str | Path, requested: Sequence[str]) -> list[str]:
+    """`all` -> every category under root (MVTec's official order first); otherwise the names given
+    (comma- or space-separated, duplicates dropped), each checked to exist, so a typo fails first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Dataset root '{root}' does not exist. {MVTEC_HELP}")
+    present = list_categories(root)
+    if not present:
+        raise DatasetError(
+            f"No category folders in '{root}' (a category folder holds train/good/). "
+            f"Pass the folder that holds the category folders with --data.root. {MVTEC_HELP}"
+        )
+    names = list(dict.fromkeys(n.strip() for item in requested for n in item.split(",") if n.strip()))
+    if names == ["all"]:
+        return present
+    unknown = [name for name in names if name not in present]
+    if unknown or not names:
+        raise DatasetError(
+            f"Unknown category {', '.join(repr(n) for n in unknown) or '(none given)'} in '{root}'. "
+            f"Categories there: {', '.join(present)}. Pass some of them, comma-separated, or 'all' "
+            f"with --categories."
+        )
+    return names
 
 
 def find_mask(ground_truth: Path, defect: str, image: Path) -> Path | None:

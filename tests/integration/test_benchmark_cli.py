@@ -118,5 +118,5 @@ def test_benchmark_names_an_unknown_category_before_running(tiny_root, tmp_path,
         main([*argv, "--out", str(out)])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Unknown category in --categories: nope.") and "holds: fabric, washer" in err
+    assert err.startswith("error: Unknown category 'nope'") and "Categories there: fabric, washer" in err
     assert not out.exists() and not (tmp_path / "runs").exists()

@@ -13,7 +13,6 @@ from mvtec_ad.benchmark import (
     failure_reason,
     parse_args,
     plan_runs,
-    resolve_categories,
     run_benchmark,
     run_child,
 )
@@ -26,7 +25,7 @@ from mvtec_ad.benchmark_results import (
     row_key,
     write_results,
 )
-from mvtec_ad.data.layout import DatasetError
+from mvtec_ad.data.layout import DatasetError, resolve_categories
 
 
 def make_row(category: str, status: str = "ok", config: str = "configs/knn.yaml", **values) -> dict:
@@ -112,7 +111,7 @@ def test_categories_all_in_mvtec_order_then_sorted_and_unknown_names(tmp_path):
     assert resolve_categories(str(tmp_path), ["zipper,aaa"]) == ["zipper", "aaa"]
     assert resolve_categories(str(tmp_path), ["custom", "bottle"]) == ["custom", "bottle"]
     with pytest.raises(
-        DatasetError, match="Unknown category in --categories: notes.*holds: bottle, zipper, aaa"
+        DatasetError, match="Unknown category 'notes' in .*Categories there: bottle, zipper, aaa"
     ):
         resolve_categories(str(tmp_path), ["bottle,notes"])
     with pytest.raises(DatasetError, match="does not exist"):
