@@ -74,12 +74,22 @@ def nearest_neighbours(
     per_query = math.prod(queries.shape[:-2]) * max(n_bank, k * bank.shape[-1])  # elements per step of Q
     step = max(1, chunk_elements // per_query)
     distances, indices = [], []
+    block: torch.Tensor | None = None  # one distance block reused by every chunk (see below)
     for start in range(0, queries.shape[-2], step):
         q = queries[..., start : start + step, :].float()
         # ||q - b||^2 - ||q||^2 ranks the bank rows; a shared bank takes the whole chunk, batch
         # folded into rows, as one 2-D GEMM (a 3-D matmul would run one small GEMM per item)
         if b.dim() == 2:
-            partial = torch.addmm(b_sq, q.reshape(-1, q.shape[-1]), b_m2).view(*q.shape[:-1], n_bank)
+            rows = q.reshape(-1, q.shape[-1])
+            if torch.jit.is_tracing():  # exported graphs allocate their own blocks
+                partial = torch.addmm(b_sq, rows, b_m2)
+            else:
+                # writing every chunk into one block: a fresh 24 MB block per chunk lets glibc's
+                # heap fragment (5 GB of RSS for patchcore's test instead of 0.7 GB)
+                if block is None:
+                    block = rows.new_empty(rows.shape[0], n_bank)
+                partial = torch.addmm(b_sq, rows, b_m2, out=block[: rows.shape[0]])
+            partial = partial.view(*q.shape[:-1], n_bank)
         else:
             partial = torch.baddbmm(b_sq, q, b_m2)
         idx = partial.topk(k, dim=-1, largest=False)[1] if k > 1 else partial.argmin(-1, keepdim=True)
