@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from mvtec_ad.data.layout import DatasetError
-from mvtec_ad.stats import category_stats, pairwise_correlation, stats_main
+from mvtec_ad.stats import category_stats, stats_main
+from mvtec_ad.stats_plots import pairwise_correlation
 
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
 RED, BLUE = (0, 0, 255), (255, 0, 0)  # BGR, as cv2 writes them
