@@ -24,7 +24,6 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -32,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mvtec_ad.data.dataset import Batch
 from mvtec_ad.data.layout import DatasetError
-from mvtec_ad.evaluation.plots import colorize, save_png, to_rgb_uint8
+from mvtec_ad.evaluation.plots import blend, colorize, save_png, to_rgb_uint8
 
 COLUMNS = ("path", "score", "label", "threshold", "heatmap", "overlay")
 
@@ -143,7 +142,7 @@ class PredictionWriter(BasePredictionWriter):
                 image, amap = self._pictures[row["index"]]
                 heatmap = colorize(amap.float(), vmin, vmax)
                 save_png(folder / row["heatmap"], heatmap)
-                save_png(folder / row["overlay"], cv2.addWeighted(image, 0.5, heatmap, 0.5, 0))
+                save_png(folder / row["overlay"], blend(image, heatmap))
         self._pictures = {}
         if trainer.is_global_zero:
             self.write_tables(rows, folder)

@@ -31,6 +31,11 @@ def colorize(amap: torch.Tensor, vmin: float, vmax: float) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def blend(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The image with its coloured heatmap laid over it, half and half (test overlays and predict)."""
+    return cv2.addWeighted(rgb, 0.5, heatmap, 0.5, 0)
+
+
 def predicted_mask(amap: torch.Tensor, score: float, threshold: float) -> torch.Tensor | None:
     """Pixels the threshold calls anomalous: the map, shifted so its peak is the image score, >= threshold.
 
@@ -105,7 +110,7 @@ def overlay_panels(
     if amap is None:
         panels, names = [shown, ground_truth], ["image", "ground truth"]
     else:
-        heatmap = cv2.addWeighted(shown, 0.5, enlarge(colorize(amap, vmin, vmax)), 0.5, 0)
+        heatmap = blend(shown, enlarge(colorize(amap, vmin, vmax)))
         predicted = predicted_mask(amap, score, threshold)
         if predicted is None:
             predicted_panel, predicted_name = note_panel("no threshold", *shown.shape[:2]), "predicted"
