@@ -28,11 +28,13 @@ import torch
 def patch_features(a: argparse.Namespace) -> torch.Tensor:
     from torch.utils.data import DataLoader, Subset
 
-    from mvtec_ad.backbones import FeatureExtractor, fuse_features
-    from mvtec_ad.data.datamodule import MVTecDataModule
+    from mvtec_ad.data.datamodule import AnomalyDataModule
     from mvtec_ad.data.dataset import collate_batch
+    from mvtec_ad.data.geometry import InputGeometry
+    from mvtec_ad.features.backbone import FeatureExtractor, fuse_features
 
-    dm = MVTecDataModule(a.root, a.category, image_size=a.image_size, val_split=a.val_split)
+    dm = AnomalyDataModule(a.root, a.category, val_split=a.val_split)
+    dm.bind_input(InputGeometry.of(a.image_size))
     dm.setup("fit")
     images = dm.train_set if a.max_images is None else Subset(dm.train_set, range(a.max_images))
     extractor = FeatureExtractor("efficientnet_lite0", ["blocks.2", "blocks.4"], "imagenet")
@@ -95,7 +97,7 @@ def main() -> None:
     )
     a = parser.parse_args()
 
-    from mvtec_ad.models.nearest import greedy_coreset, random_projection
+    from mvtec_ad.models.components.coreset import greedy_coreset, random_projection
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from mvtec_ad.data.datamodule import MVTecDataModule
+from mvtec_ad.data.datamodule import AnomalyDataModule
+from mvtec_ad.data.geometry import InputGeometry
 
 
 def main() -> None:
@@ -24,9 +25,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     a = parser.parse_args()
 
-    dm = MVTecDataModule(
-        a.root, a.category, image_size=a.image_size, train_batch_size=a.batch_size, val_split=0.0
-    )
+    dm = AnomalyDataModule(a.root, a.category, train_batch_size=a.batch_size, val_split=0.0)
+    dm.bind_input(InputGeometry.of(a.image_size))  # what a detector of that size does in its setup
     dm.setup("fit")
     print(f"{a.root}/{a.category}: {len(dm.train_set)} training images at {a.image_size} px\n")
     print("| pass | seconds | images/s | files decoded so far |")

@@ -26,20 +26,20 @@ def run_one(args: argparse.Namespace) -> dict:
     from lightning.pytorch import seed_everything
     from omegaconf import OmegaConf
 
-    from mvtec_ad.cli import AnomalyTrainer
-    from mvtec_ad.data.datamodule import MVTecDataModule
-    from mvtec_ad.models.memory_bank import KNN, PatchCore
+    from mvtec_ad.commands.lightning import AnomalyTrainer
+    from mvtec_ad.data.datamodule import AnomalyDataModule
+    from mvtec_ad.models.knn import KNN
+    from mvtec_ad.models.patchcore import PatchCore
 
     seed_everything(42)
     config = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "demo" / f"{args.one}.yaml"))
     model_args = config["model"]["init_args"]
+    model_args["image_size"] = args.image_size
     if args.one == "patchcore":
         model_args["coreset_ratio"] = args.coreset_ratio
         model_args["bank_dtype"] = args.bank_dtype
     model = {"knn": KNN, "patchcore": PatchCore}[args.one](**model_args)
-    data = MVTecDataModule(
-        args.root, args.category, image_size=args.image_size, eval_batch_size=32, train_batch_size=32
-    )
+    data = AnomalyDataModule(args.root, args.category, eval_batch_size=32, train_batch_size=32)
     with tempfile.TemporaryDirectory() as logs:
         trainer = AnomalyTrainer(
             max_epochs=1,

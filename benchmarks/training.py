@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +74,6 @@ class EpochTimer(Callback):
 def fit_and_time(config: str, a: argparse.Namespace, work: Path) -> dict:
     """One `python -m mvtec_ad fit` run of `config`; returns EpochTimer's record."""
     out = work / f"{Path(config).stem}.json"
-    model_args = yaml.safe_load((REPO / config).read_text())["model"].get("init_args", {})
     cmd = [
         sys.executable,
         "-m",
@@ -100,9 +98,7 @@ def fit_and_time(config: str, a: argparse.Namespace, work: Path) -> dict:
         f"--trainer.callbacks.channels_last={str(a.channels_last).lower()}",
     ]
     if a.image_size:
-        cmd += ["--data.image_size", str(a.image_size)]
-        if "image_size" in model_args:  # models that are built for one input size (FAVAE)
-            cmd += ["--model.image_size", str(a.image_size)]
+        cmd += ["--model.image_size", str(a.image_size)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0 or not out.is_file():
         raise RuntimeError(f"{' '.join(cmd)}\nfailed:\n{result.stderr[-3000:]}")

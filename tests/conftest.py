@@ -1,13 +1,11 @@
-"""Session-wide fixtures: one tiny demo set (built once) and a small offline DFR."""
+"""Session-wide fixtures: one tiny demo set (built once), and a hand-made category per test."""
 
 from pathlib import Path
 
 import pytest
 
-from mvtec_ad.data.demo import make_demo_dataset
-
-TINY = {"image_size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8}
-TEST_IMAGE_SIZE = 64
+from mvtec_ad.data.demo_set import make_demo_dataset
+from tests.helpers import TINY, make_category
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +14,7 @@ def tiny_root(tmp_path_factory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), **TINY)
 
 
-def tiny_dfr_kwargs() -> dict:
-    return {"backbone": "efficientnet_lite0", "layers": ["blocks.2", "blocks.4"], "weights": "imagenet"}
+@pytest.fixture
+def category_root(tmp_path) -> Path:
+    """4 train, 2 good test, crack x2 + scratch x1 defective test images with masks."""
+    return make_category(tmp_path / "data")

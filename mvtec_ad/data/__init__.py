@@ -1,22 +1,20 @@
-"""Data: layouts, datasets and the DataModules a config names, e.g. `class_path: mvtec_ad.data.FolderDataModule`.
+"""Data: sources (dataset layouts), datasets, and the DataModule a config names:
+`class_path: mvtec_ad.data.AnomalyDataModule`.
 
-The DataModules are imported on first use, so `mvtec_ad.data.layout` and friends stay light (no Lightning).
+The DataModule is imported on first use, so `mvtec_ad.data.samples` and the sources stay light
+(no Lightning) for `stats` and `synth`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-DATAMODULES = {
-    "MVTecDataModule": "mvtec_ad.data.datamodule",
-    "FolderDataModule": "mvtec_ad.data.folder",
-    "VisADataModule": "mvtec_ad.data.visa",
-}
+LAZY = {"AnomalyDataModule": "mvtec_ad.data.datamodule", "InputGeometry": "mvtec_ad.data.geometry"}
 
-__all__ = list(DATAMODULES)
+__all__ = list(LAZY)
 
 
 def __getattr__(name: str):
-    if name in DATAMODULES:
-        return getattr(importlib.import_module(DATAMODULES[name]), name)
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
     raise AttributeError(f"module 'mvtec_ad.data' has no attribute '{name}'")

@@ -1,8 +1,10 @@
-"""LightningDataModule for one MVTec-layout category: protocols, seeded splits, synthetic anomalies, loaders.
+"""One LightningDataModule for every source: protocols, seeded splits, synthetic anomalies, loaders.
 
-Images leave the DataModule as float [0, 1] RGB. Input normalisation (ImageNet mean/std, ...)
-belongs to each model, stored in its buffers, so that checkpoints, `predict` and exported
-models take the same raw images and can never disagree with training.
+A source (`mvtec`, `folder`, `visa`; mvtec_ad.data.sources) scans its folder into the same
+`CategoryLayout`; everything after that is shared. Images leave as float [0, 1] RGB at the
+geometry the model binds (`bind_input`, called by every detector in `setup`): the model owns its
+input size, and input normalisation (ImageNet mean/std, ...) is the model's too, so that
+checkpoints, `predict` and exported models take the same raw images as training.
 
 Validation protocols (seed report 2); model selection and thresholds only ever see `val_set`:
     official    val = a seeded share of train/good (normal only); test = the official test split
@@ -10,13 +12,13 @@ Validation protocols (seed report 2); model selection and thresholds only ever s
                 stays test, the rest becomes validation (real anomalies); train = all train/good
     synthetic   (ii) val = a seeded share of train/good, `synthetic_share` of which get a
                 synthetic anomaly with an exact mask; test = the official test split
-`val_folds` splits the validation set into `n_folds` label-stratified folds for cross-validation.
+`val_folds()` splits the validation set into `n_folds` label-stratified folds for cross-validation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,119 +26,39 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from mvtec_ad.data.dataset import AnomalyDataset, DecodeCache, collate_batch
-from mvtec_ad.data.layout import CategoryLayout, DatasetError, Sample, find_images, scan_category
+from mvtec_ad.data.contract import DataDescription, FitSplit, PreviewSplit
+from mvtec_ad.data.dataset import AnomalyDataset, Batch, SyntheticAnomalyDataset, collate_batch
+from mvtec_ad.data.decode import DecodeCache
+from mvtec_ad.data.geometry import InputGeometry
+from mvtec_ad.data.samples import CategoryLayout, Sample, find_images
+from mvtec_ad.data.sources import SOURCE_OPTIONS, SOURCES, check_source_options, scan_source, source_detail
+from mvtec_ad.data.splits import split_test_val, split_train_val, stratified_folds, synthetic_assignment
+from mvtec_ad.errors import ConfigError
 
 PROTOCOLS = ("official", "test_split", "synthetic")
+Split = Literal["train", "features", "val", "test", "predict"]
 
 
-def seeded_order(n: int, seed: int) -> list[int]:
-    """A permutation of range(n) that depends only on n and the seed (same on every machine/process)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+@dataclass(frozen=True)
+class Splits:
+    """The samples of each split, fixed by the layout, the protocol and the seed (no geometry yet)."""
+
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    synthetic: dict[int, str]  # validation index -> synthetic anomaly kind (protocol synthetic)
+    folds: list[list[int]]  # label-stratified folds of the validation indices
 
 
-def split_train_val(
-    samples: list[Sample], val_split: float, seed: int, option: str = "--data.val_split"
-) -> tuple[list[Sample], list[Sample]]:
-    """Seeded hold-out of `val_split` of the normal training images (at least one when > 0).
-
-    The permutation depends only on the seed and the sorted file list, so the split is the same
-    on every machine and in every process. `option` is the setting that errors name.
-    """
-    if not 0.0 <= val_split < 1.0:
-        raise DatasetError(f"{option} must be in [0, 1), got {val_split}.")
-    n_val = int(round(len(samples) * val_split))
-    if val_split > 0:
-        n_val = max(1, n_val)
-    if n_val >= len(samples):
-        raise DatasetError(
-            f"{option} {val_split} leaves no training image out of {len(samples)}; use a smaller value."
-        )
-    val_idx = set(seeded_order(len(samples), seed)[:n_val])
-    train = [s for i, s in enumerate(samples) if i not in val_idx]
-    val = [s for i, s in enumerate(samples) if i in val_idx]
-    return train, val
-
-
-def split_test_val(samples: list[Sample], test_share: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Protocol (i): split the official test set per defect type; `test_share` stays test, the rest is val.
-
-    Every defect type keeps at least one image on each side when it has two or more, so both
-    parts see every kind of defect. Order within each part is the original (sorted) order.
-    """
-    if not 0.0 < test_share < 1.0:
-        raise DatasetError(f"--data.test_share must be in (0, 1), got {test_share}.")
-    to_val: set[int] = set()
-    for g, defect in enumerate(sorted({s.defect for s in samples})):
-        members = [i for i, s in enumerate(samples) if s.defect == defect]
-        n_test = int(round(len(members) * test_share))
-        if len(members) >= 2:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        order = seeded_order(len(members), seed + 7919 * (g + 1))
-        to_val.update(members[j] for j in order[n_test:])
-    test = [s for i, s in enumerate(samples) if i not in to_val]
-    val = [s for i, s in enumerate(samples) if i in to_val]
-    if not any(s.label == 0 for s in test) or not any(s.label == 1 for s in test):
-        raise DatasetError(
-            f"--data.protocol test_split with --data.test_share {test_share} leaves a test set without "
-            f"normal or without defective images; the category has too few test images for this protocol."
-        )
-    return test, val
-
-
-def stratified_folds(labels: Sequence[int], n_folds: int, seed: int) -> list[list[int]]:
-    """`n_folds` disjoint folds of range(len(labels)), each label dealt round-robin after a seeded shuffle."""
-    if n_folds < 1:
-        raise DatasetError(f"--data.n_folds must be at least 1, got {n_folds}.")
-    folds: list[list[int]] = [[] for _ in range(n_folds)]
-    position = 0
-    for label in sorted(set(labels)):
-        members = [i for i, lab in enumerate(labels) if lab == label]
-        for j in seeded_order(len(members), seed + 104729 * (label + 1)):
-            folds[position % n_folds].append(members[j])
-            position += 1
-    return [sorted(f) for f in folds]
-
-
-class SyntheticAnomalyDataset(Dataset):
-    """Normal images of which the chosen ones carry a synthetic anomaly (exact mask, label 1).
-
-    Each anomalous image is drawn from a generator seeded by (seed, index), so it is the same in
-    every epoch, worker and process; decoding stays in the shared cache.
-    """
-
-    def __init__(self, base: AnomalyDataset, kinds: dict[int, str], seed: int) -> None:
-        self.base = base
-        self.kinds = kinds
-        self.seed = seed
-        self.samples = [
-            replace(s, label=1, defect=f"synthetic_{kinds[i]}") if i in kinds else s
-            for i, s in enumerate(base.samples)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict:
-        from mvtec_ad.data.synthetic import add_anomaly, anomaly_generator
-
-        item = self.base[index]
-        kind = self.kinds.get(index)
-        if kind is not None:
-            item["image"], item["mask"] = add_anomaly(
-                item["image"], kind, anomaly_generator(self.seed, index)
-            )
-            item["label"] = 1
-        return item
-
-
-class MVTecDataModule(L.LightningDataModule):
-    """One category of an MVTec-AD-layout folder.
+class AnomalyDataModule(L.LightningDataModule):
+    """One category of a dataset folder (MVTec layout, your own folders, or VisA).
 
     Args:
-        root: folder holding the category folders (e.g. datasets/mvtec or datasets/demo).
-        category: category folder name (e.g. bottle).
-        image_size: square side images and masks are resized to.
+        root: folder holding the category folders (mvtec: e.g. datasets/mvtec), the folders of
+            source folder, or the extracted VisA folder.
+        category: category folder (mvtec), object (visa) or the name in tables (folder; default:
+            the name of good_dir's parent).
+        source: mvtec | folder | visa (see mvtec_ad.data.sources).
         train_batch_size / eval_batch_size: batch sizes for training and for val/test/predict.
         num_workers: DataLoader workers (kept alive across epochs so the decode cache survives).
         val_split: share of train/good held out, seeded, as validation data (protocols official
@@ -154,13 +76,16 @@ class MVTecDataModule(L.LightningDataModule):
         path: what `predict` scores instead of the test split: an image file, a folder (its
             images, sorted; subfolders are not searched) or a glob ('**' recurses). Labels are
             unknown (-1) and root/category are not read.
+        good_dir, defect_dirs, mask_dirs, mask_pattern, good_test_share: source folder only
+            (mvtec_ad.data.sources.folder; defaults good, -, none, "{stem}_mask.png", 0.2).
+        split_csv: source visa only, the split file relative to root (default split_csv/1cls.csv).
     """
 
     def __init__(
         self,
         root: str | Path = "datasets/demo",
-        category: str = "fabric",
-        image_size: int = 224,
+        category: str | None = None,
+        source: Literal["mvtec", "folder", "visa"] = "mvtec",
         train_batch_size: int = 16,
         eval_batch_size: int = 32,
         num_workers: int = 0,
@@ -175,20 +100,53 @@ class MVTecDataModule(L.LightningDataModule):
         augmentation: str | None = None,
         samples_per_epoch: int | None = None,
         path: str | None = None,
+        good_dir: str | None = None,
+        defect_dirs: Sequence[str] | None = None,
+        mask_dirs: Sequence[str] | None = None,
+        mask_pattern: str | None = None,
+        good_test_share: float | None = None,
+        split_csv: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.hparams.root = str(root)  # plain types only: checkpoints load with weights_only=True
+        # plain types only: checkpoints load with weights_only=True
+        self.hparams.root = str(root)
         self.hparams.synthetic_kinds = list(synthetic_kinds)
+        for name in ("defect_dirs", "mask_dirs"):
+            if self.hparams[name] is not None:
+                self.hparams[name] = list(self.hparams[name])
+        if source not in SOURCES:
+            raise ConfigError(f"--data.source must be one of {', '.join(SOURCES)}, got '{source}'.")
+        options = {name: self.hparams[name] for names in SOURCE_OPTIONS.values() for name in names}
+        foreign = [n for n, v in options.items() if v is not None and n not in SOURCE_OPTIONS[source]]
+        if foreign:
+            owners = {n: s for s, names in SOURCE_OPTIONS.items() for n in names}
+            raise ConfigError(
+                f"--data.{foreign[0]} is an option of source {owners[foreign[0]]}, but --data.source is "
+                f"{source}: set --data.source {owners[foreign[0]]} or leave --data.{foreign[0]} out."
+            )
         if protocol not in PROTOCOLS:
-            raise DatasetError(f"--data.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'.")
+            raise ConfigError(f"--data.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'.")
         if not 0.0 < synthetic_share <= 1.0:
-            raise DatasetError(f"--data.synthetic_share must be in (0, 1], got {synthetic_share}.")
+            raise ConfigError(f"--data.synthetic_share must be in (0, 1], got {synthetic_share}.")
         if samples_per_epoch is not None and samples_per_epoch < 1:
-            raise DatasetError(f"--data.samples_per_epoch must be positive or null, got {samples_per_epoch}.")
+            raise ConfigError(f"--data.samples_per_epoch must be positive or null, got {samples_per_epoch}.")
+        for name, value in (("train_batch_size", train_batch_size), ("eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise ConfigError(f"--data.{name} must be a positive number of images, got {value}.")
+        if num_workers < 0:
+            raise ConfigError(f"--data.num_workers must be 0 or more, got {num_workers}.")
+        if augmentation:
+            from mvtec_ad.data.transforms import build_augmentation
+
+            build_augmentation(augmentation)  # an unknown preset fails here, before anything is loaded
         self.root = Path(root)
+        self.source = source
+        if category is None and source == "folder":
+            category = (self.root / (good_dir or "good")).resolve().parent.name
         self.category = category
-        self.image_size = image_size
+        self.source_options = {name: options[name] for name in SOURCE_OPTIONS[source]}
+        check_source_options(source, require_masks, **self.source_options)
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -204,92 +162,64 @@ class MVTecDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.path = path
         self.layout: CategoryLayout | None = None
+        self.splits: Splits | None = None
+        self.predict_samples: list[Sample] | None = None
+        self.geometry: InputGeometry | None = None
         self.cache = DecodeCache()
+        self._datasets: dict[Split, Dataset] = {}
 
+    # ---- the contract (mvtec_ad.data.contract.AnomalyData) ------------------------------------
+    def bind_input(self, geometry: InputGeometry) -> None:
+        if geometry != self.geometry:
+            self.geometry = geometry
+            self._datasets = {}
+
+    def describe(self) -> DataDescription:
+        return DataDescription(self.category, self.protocol, self.protocol_description, str(self.root))
+
+    def has_masks(self) -> bool:
+        return self.layout is not None and self.layout.has_masks
+
+    def val_folds(self) -> list[list[int]]:
+        return self._require_splits().folds
+
+    def split_size(self, split: FitSplit) -> int:
+        splits = self._require_splits()
+        return len(splits.train if split == "train" else splits.val)
+
+    def fixed_images(self, split: FitSplit) -> bool:
+        return self.dataset(split).fixed_images
+
+    def preview_batch(self, split: PreviewSplit, n: int) -> Batch | None:
+        dataset = self.dataset(split)
+        n = min(n, len(dataset))
+        if n == 0:
+            return None
+        spread = [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]  # good and defective
+        return collate_batch([dataset[i] for i in spread])
+
+    # ---- Lightning -------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.path is not None:  # new images only: no dataset folder needed
-            samples = [Sample(p, -1, "unknown") for p in find_images(self.path)]
-            self.predict_set = AnomalyDataset(samples, self.image_size, cache=self.cache)
+            self.predict_samples = [Sample(p, -1, "unknown") for p in find_images(self.path)]
+            self._datasets.pop("predict", None)
             return
         if self.layout is not None:
             return
-        self.layout = self.scan_layout()
+        self.layout = scan_source(
+            self.source, self.root, self.category, self.require_masks, self.seed, **self.source_options
+        )
         if self.protocol == "test_split":
             train = list(self.layout.train)
             test, val = split_test_val(self.layout.test, self.test_share, self.seed)
         else:
             train, val = split_train_val(self.layout.train, self.val_split, self.seed)
             test = list(self.layout.test)
-        transform = None
-        if self.augmentation:
-            from mvtec_ad.data.transforms import build_augmentation
-
-            transform = build_augmentation(self.augmentation, self.image_size)
-        self.train_set = AnomalyDataset(train, self.image_size, transform=transform, cache=self.cache)
-        self.train_features_set = AnomalyDataset(train, self.image_size, cache=self.cache)
-        self.val_set: AnomalyDataset | SyntheticAnomalyDataset = AnomalyDataset(
-            val, self.image_size, cache=self.cache
-        )
+        synthetic = {}
         if self.protocol == "synthetic":
-            self.val_set = SyntheticAnomalyDataset(
-                self.val_set, self._synthetic_kinds_of(len(val)), self.seed
-            )
-        self.test_set = AnomalyDataset(test, self.image_size, cache=self.cache)
-        self.val_folds = stratified_folds([s.label for s in self.val_set.samples], self.n_folds, self.seed)
-
-    def scan_layout(self) -> CategoryLayout:
-        """The category's train and test samples; subclasses for other layouts override only this."""
-        return scan_category(self.root, self.category, require_masks=self.require_masks)
-
-    def _synthetic_kinds_of(self, n_val: int) -> dict[int, str]:
-        """Which held-out images get an anomaly (a seeded `synthetic_share` of them) and of which kind."""
-        from mvtec_ad.data.synthetic import SYNTHETIC_KINDS
-
-        unknown = [k for k in self.synthetic_kinds if k not in SYNTHETIC_KINDS]
-        if unknown or not self.synthetic_kinds:
-            raise DatasetError(
-                f"--data.synthetic_kinds {self.synthetic_kinds} is invalid: use one or more of {list(SYNTHETIC_KINDS)}."
-            )
-        if n_val == 0:
-            raise DatasetError(
-                "--data.protocol synthetic needs held-out training images: set --data.val_split above 0 "
-                "(the seed's protocol (ii) uses 0.4)."
-            )
-        n_anomalous = min(max(int(round(n_val * self.synthetic_share)), 1), n_val)
-        chosen = sorted(seeded_order(n_val, self.seed + 1)[:n_anomalous])
-        return {i: self.synthetic_kinds[j % len(self.synthetic_kinds)] for j, i in enumerate(chosen)}
-
-    @property
-    def protocol_description(self) -> str:
-        """What produced the validation data, in words that go into metrics.json."""
-        if self.protocol == "test_split":
-            return (
-                f"test_split: {self.test_share:.0%} of the official test set is test, the rest validation "
-                f"({self.n_folds} folds), seed {self.seed}"
-            )
-        held_out = f"{self.val_split:.0%} of train/good held out"
-        if self.protocol == "synthetic":
-            return (
-                f"synthetic: {held_out}, {self.synthetic_share:.0%} of it with synthetic "
-                f"{'/'.join(self.synthetic_kinds)} anomalies ({self.n_folds} folds), seed {self.seed}"
-            )
-        return f"official: {held_out} as normal validation, official test split, seed {self.seed}"
-
-    @property
-    def has_masks(self) -> bool:
-        return self.layout is not None and self.layout.has_masks
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_batch,
-            pin_memory=torch.cuda.is_available(),
-        )
+            synthetic = synthetic_assignment(len(val), self.synthetic_share, self.synthetic_kinds, self.seed)
+        labels = [1 if i in synthetic else s.label for i, s in enumerate(val)]
+        self.splits = Splits(train, val, test, synthetic, stratified_folds(labels, self.n_folds, self.seed))
 
     def train_dataloader(self) -> DataLoader:
         if self.samples_per_epoch is None:
@@ -310,8 +240,87 @@ class MVTecDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.path is None:
             return self.test_dataloader()
-        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset("predict"), self.eval_batch_size, shuffle=False)
 
     def feature_dataloader(self) -> DataLoader:
-        """The training images in order, unshuffled and unaugmented: for statistics a model fits before training."""
-        return self._loader(self.train_features_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.dataset("features"), self.eval_batch_size, shuffle=False)
+
+    # ---- datasets ----------------------------------------------------------------------------
+    @property
+    def train_set(self) -> AnomalyDataset:
+        return self.dataset("train")
+
+    @property
+    def val_set(self) -> AnomalyDataset | SyntheticAnomalyDataset:
+        return self.dataset("val")
+
+    @property
+    def test_set(self) -> AnomalyDataset:
+        return self.dataset("test")
+
+    def dataset(self, split: Split) -> Dataset:
+        """The split's dataset at the bound geometry, built once per geometry."""
+        if split not in self._datasets:
+            self._datasets[split] = self._build(split)
+        return self._datasets[split]
+
+    def _build(self, split: Split) -> Dataset:
+        if self.geometry is None:
+            raise ConfigError(
+                "The DataModule has no input geometry yet: a detector binds its own when a Trainer runs it "
+                "(fit/test/predict), or call bind_input(InputGeometry.of(size)) first."
+            )
+        if split == "predict":
+            if self.predict_samples is None:
+                raise ConfigError("No images to predict: set --data.path and call setup('predict') first.")
+            return AnomalyDataset(self.predict_samples, self.geometry, cache=self.cache)
+        splits = self._require_splits()
+        if split == "train":
+            transform = None
+            if self.augmentation:
+                from mvtec_ad.data.transforms import build_augmentation
+
+                transform = build_augmentation(self.augmentation)
+            return AnomalyDataset(splits.train, self.geometry, transform=transform, cache=self.cache)
+        samples = {"features": splits.train, "val": splits.val, "test": splits.test}[split]
+        dataset = AnomalyDataset(samples, self.geometry, cache=self.cache)
+        if split == "val" and self.protocol == "synthetic":
+            return SyntheticAnomalyDataset(dataset, splits.synthetic, self.seed)
+        return dataset
+
+    def _require_splits(self) -> Splits:
+        if self.splits is None:
+            raise ConfigError("The DataModule is not set up: call setup() first (a Trainer does).")
+        return self.splits
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    @property
+    def protocol_description(self) -> str:
+        """What produced the validation data, in words that go into metrics.json."""
+        if self.protocol == "test_split":
+            text = (
+                f"test_split: {self.test_share:.0%} of the official test set is test, the rest validation "
+                f"({self.n_folds} folds), seed {self.seed}"
+            )
+        else:
+            held_out = f"{self.val_split:.0%} of train/good held out"
+            if self.protocol == "synthetic":
+                text = (
+                    f"synthetic: {held_out}, {self.synthetic_share:.0%} of it with synthetic "
+                    f"{'/'.join(self.synthetic_kinds)} anomalies ({self.n_folds} folds), seed {self.seed}"
+                )
+            else:
+                text = f"official: {held_out} as normal validation, official test split, seed {self.seed}"
+        detail = source_detail(self.source, self.seed, **self.source_options)
+        return f"{text}; {detail}" if detail else text

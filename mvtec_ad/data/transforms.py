@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from mvtec_ad.data.layout import DatasetError
+from mvtec_ad.errors import ConfigError
 
 Augmentation = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -49,20 +49,20 @@ def affine(
     )
 
 
-def pixel_ae_augmentation(image_size: int) -> Augmentation:
+def pixel_ae_augmentation() -> Augmentation:
     """Seed report 2 (ResNet-3 autoencoder): flip, scale/translate, quarter turns, a very slight blur.
 
     Affine (p 0.75): scale uniform in [0.9, 1.1], translation uniform up to 5% of the side per
     axis. Rotation (p 0.75): one of -90/90/180 degrees, exact (torch.rot90). Blur: kernel 3,
     sigma uniform in [0.01, 0.05] as the seed says (at such sigmas it barely changes a pixel).
     """
-    max_shift = 0.05 * image_size
 
     def augment(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if chance(0.5):
             image, mask = hflip(image, mask)
         if chance(0.75):
-            shift = [round(uniform(-max_shift, max_shift)), round(uniform(-max_shift, max_shift))]
+            dx, dy = 0.05 * image.shape[-1], 0.05 * image.shape[-2]
+            shift = [round(uniform(-dx, dx)), round(uniform(-dy, dy))]
             image, mask = affine(image, mask, 0.0, shift, uniform(0.9, 1.1))
         if chance(0.75):
             turns = (-1, 1, 2)[int(torch.randint(3, ()))]  # -90, 90, 180 degrees
@@ -73,11 +73,11 @@ def pixel_ae_augmentation(image_size: int) -> Augmentation:
     return augment
 
 
-def favae_augmentation(image_size: int) -> Augmentation:
+def favae_augmentation() -> Augmentation:
     """Seed favae: rotation uniform in +-15 degrees, a random square crop resized back, flips.
 
     Crop: side uniform in [0.85, 1.0] of the image (area 72-100%), position uniform, resized
-    back to `image_size`. Horizontal and vertical flips with probability 0.3 each.
+    back to the image's size. Horizontal and vertical flips with probability 0.3 each.
     """
 
     def augment(image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +86,7 @@ def favae_augmentation(image_size: int) -> Augmentation:
         side = round(uniform(0.85, 1.0) * min(height, width))
         top = int(torch.randint(height - side + 1, ()))
         left = int(torch.randint(width - side + 1, ()))
-        size = [image_size, image_size]
+        size = [height, width]
         image = TF.resized_crop(image, top, left, side, side, size, interpolation=BILINEAR, antialias=True)
         mask = TF.resized_crop(mask, top, left, side, side, size, interpolation=NEAREST)
         if chance(0.3):
@@ -98,20 +98,17 @@ def favae_augmentation(image_size: int) -> Augmentation:
     return augment
 
 
-PRESETS: dict[str, Callable[[int], Augmentation]] = {
+PRESETS: dict[str, Callable[[], Augmentation]] = {
     "pixel_ae": pixel_ae_augmentation,
     "favae": favae_augmentation,
 }
 
 
-def build_augmentation(name: str, image_size: int) -> Augmentation:
-    """The named preset for images of side `image_size`; an unknown name lists the presets.
-
-    The error is a DatasetError (a ValueError) so the CLI prints it as one line.
-    """
+def build_augmentation(name: str) -> Augmentation:
+    """The named preset (it works at the size of the images it gets); an unknown name lists the presets."""
     if name not in PRESETS:
-        raise DatasetError(
+        raise ConfigError(
             f"Unknown augmentation '{name}' (--data.augmentation): use one of {', '.join(PRESETS)}, "
             f"or null for none."
         )
-    return PRESETS[name](image_size)
+    return PRESETS[name]()

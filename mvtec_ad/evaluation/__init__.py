@@ -1,0 +1,3 @@
+"""Evaluation, written once for every detector: metrics.py (exact AUROC/AUPRO/F1 on the device),
+thresholds.py (the operating threshold), selection.py (which test images to show), results.py
+(the metrics.json schema) and evaluator.py (the callback that runs them all)."""

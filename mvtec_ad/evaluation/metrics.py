@@ -10,6 +10,7 @@ are labelled on the host, once per test run.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -160,11 +161,51 @@ def confusion_at(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -
     }
 
 
+@dataclass(frozen=True)
+class ImageCurves:
+    """The image-level results behind the charts, computed once: the charts draw these, never recount."""
+
+    scores: torch.Tensor  # float [N] on the CPU, one per test image
+    labels: torch.Tensor  # bool [N]
+    threshold: float  # the operating threshold; NaN = none
+    roc: tuple[torch.Tensor, torch.Tensor] | None  # false- and true-positive rates (see roc_curve)
+    auroc: float | None
+    confusion: dict[str, float | None] | None  # confusion_at the threshold; None without one
+
+    @property
+    def operating_point(self) -> tuple[float, float] | None:
+        """(FPR, TPR) at the threshold, where both classes and a threshold exist."""
+        c = self.confusion
+        if c is None or c["tn"] + c["fp"] == 0 or c["tp"] + c["fn"] == 0:
+            return None
+        return c["fp"] / (c["fp"] + c["tn"]), c["tp"] / (c["tp"] + c["fn"])
+
+
+def image_curves(scores: torch.Tensor, labels: torch.Tensor, threshold: float | None) -> ImageCurves:
+    """ROC, AUROC and the confusion counts at `threshold` (None or NaN = none) of image scores.
+
+    Computed where the scores are (the module's device); the curves are kept on the CPU for drawing.
+    """
+    scores = scores.detach().flatten().float()
+    labels = labels.detach().flatten().bool()
+    valid = threshold is not None and math.isfinite(threshold)
+    roc = roc_curve(scores, labels)
+    return ImageCurves(
+        scores=scores.cpu(),
+        labels=labels.cpu(),
+        threshold=float(threshold) if valid else math.nan,
+        roc=None if roc is None else (roc[0].cpu(), roc[1].cpu()),
+        auroc=None if roc is None else float(trapezoid_to(*roc, 1.0)),
+        confusion=confusion_at(scores, labels, threshold) if valid else None,
+    )
+
+
 class AnomalyMetrics(Metric):
     """Collects scores, labels and (optionally) maps and masks; computes every test metric at once.
 
     States are concatenated across processes by torchmetrics, so DDP test runs see every image.
     Maps stay float32 (half precision would create ties and shift AUROC); masks are uint8.
+    `compute` returns the metric values and keeps the image curves behind them in `self.curves`.
     """
 
     full_state_update = False
@@ -178,6 +219,7 @@ class AnomalyMetrics(Metric):
         self.add_state("maps", default=[], dist_reduce_fx="cat")
         self.add_state("masks", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.curves: ImageCurves | None = None
 
     def update(
         self,
@@ -208,10 +250,12 @@ class AnomalyMetrics(Metric):
             if maps is not None:
                 maps, masks = unique_by_index(index, maps, masks)
         f1, f1_threshold = f1_max(scores, labels)
+        valid = threshold is not None and math.isfinite(threshold)
+        self.curves = image_curves(scores, labels, threshold if valid else None)
         result: dict[str, float | int | None] = {
             "n_test": int(labels.numel()),
             "n_defective": int(labels.sum()),
-            "image_auroc": binary_auroc(scores, labels),
+            "image_auroc": self.curves.auroc,
             "pixel_auroc": None,
             "pixel_aupro": None,
             "image_f1_max": f1,
@@ -220,9 +264,8 @@ class AnomalyMetrics(Metric):
         if maps is not None:
             result["pixel_auroc"] = binary_auroc(maps, masks)
             result["pixel_aupro"] = pixel_aupro(maps, masks, self.fpr_limit)
-        valid = threshold is not None and math.isfinite(threshold)
         result["threshold"] = threshold if valid else None
-        at = confusion_at(scores, labels, threshold) if valid else {}
+        at = self.curves.confusion or {}
         for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):
             result[key] = at.get(key)
         return result

@@ -28,12 +28,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import OneClassSVM
 
-from mvtec_ad.backbones import FeatureExtractor, global_pool
-from mvtec_ad.data.features import direct_features
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.evaluation.metrics import binary_auroc
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
-from mvtec_ad.models.base import AnomalyOutput, ResizableBuffers
-from mvtec_ad.models.fit_once import FitOnceModule
+from mvtec_ad.features.backbone import FeatureExtractor, global_pool
+from mvtec_ad.features.handcrafted import direct_features
+from mvtec_ad.models.components.buffers import ResizableBuffers
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
+from mvtec_ad.models.components.fit_once import FitOnceModule
 
 Estimator = Literal["ocsvm", "iforest", "lof", "elliptic"]
 
@@ -72,7 +74,7 @@ def make_estimator(name: str, params: dict, random_state: int, n_train: int):
         return LocalOutlierFactor(**params, novelty=True)
     if name == "elliptic":
         return EllipticEnvelope(**params, random_state=random_state)
-    raise ValueError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{name}'.")
+    raise ConfigError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{name}'.")
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
@@ -102,7 +104,7 @@ def select_by_cv(
     return table[best], table
 
 
-class ClassicalModel(ResizableBuffers):
+class ClassicalModel(Detector, ResizableBuffers):
     """Pure image-feature detector: images in [0, 1] -> AnomalyOutput; the fitted pipeline is a byte buffer.
 
     The scikit-learn pipeline is pickled into a uint8 buffer so that it travels inside every
@@ -118,10 +120,18 @@ class ClassicalModel(ResizableBuffers):
         backbone: str = "resnet50",
         layers: Sequence[str] = ("layer4",),
         weights: str = "imagenet",
+        **geometry,
     ) -> None:
-        super().__init__()
+        """
+        Args:
+            features: direct (handcrafted, mvtec_ad.features.handcrafted) or deep (pooled backbone layers).
+            raw_pixels: add every pixel value to the direct features (the seed's 224x224x3 columns).
+            backbone, layers, weights: the deep feature source (layer4 = the seed's 2048 values).
+            **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
+        """
+        super().__init__(**geometry)
         if features not in ("direct", "deep"):
-            raise ValueError(f"--model.features must be direct or deep, got '{features}'.")
+            raise ConfigError(f"--model.features must be direct or deep, got '{features}'.")
         self.features = features
         self.raw_pixels = raw_pixels
         self.extractor = FeatureExtractor(backbone, layers, weights) if features == "deep" else None
@@ -159,7 +169,7 @@ class ClassicalModel(ResizableBuffers):
         normality = self.pipeline.score_samples(features.detach().cpu().double().numpy())
         return torch.from_numpy(-normality).float().to(features.device)
 
-    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor) -> AnomalyOutput:
         scores = self.anomaly_scores(self.embed(images))
         maps = scores.view(-1, 1, 1, 1).expand(-1, 1, *images.shape[-2:]).contiguous()
         return AnomalyOutput(scores, maps)
@@ -170,13 +180,12 @@ class Classical(FitOnceModule):
 
     Args:
         estimator: ocsvm | iforest | lof | elliptic.
-        features: direct (handcrafted, mvtec_ad.data.features) or deep (pooled backbone layers).
-        raw_pixels: add every pixel value to the direct features (the seed's 224x224x3 columns).
-        backbone, layers, weights: the deep feature source (layer4 = the seed's 2048 values).
         scaler: standard or minmax, fitted on the training features.
         pca_variance: share of variance the PCA keeps (null = no PCA).
         param_grid: hyperparameter grid (null = the seed's grid for the estimator).
         random_state: seed of IsolationForest and EllipticEnvelope.
+        threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
+        **model_args: ClassicalModel's (features, raw_pixels, backbone, layers, weights, image_size).
     """
 
     produces_maps = False
@@ -184,56 +193,56 @@ class Classical(FitOnceModule):
     def __init__(
         self,
         estimator: Estimator = "ocsvm",
-        features: Literal["direct", "deep"] = "direct",
-        raw_pixels: bool = False,
-        backbone: str = "resnet50",
-        layers: Sequence[str] = ("layer4",),
-        weights: str = "imagenet",
         scaler: Literal["standard", "minmax"] = "standard",
         pca_variance: float | None = 0.95,
         param_grid: dict[str, list] | None = None,
         random_state: int = 0,
         threshold: ThresholdConfig | None = None,
         num_overlays: int = 6,
+        **model_args,
     ) -> None:
-        super().__init__(threshold=threshold, num_overlays=num_overlays)
         if estimator not in SEED_GRIDS:
-            raise ValueError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{estimator}'.")
+            raise ConfigError(f"--model.estimator must be one of {', '.join(SEED_GRIDS)}, got '{estimator}'.")
         if scaler not in ("standard", "minmax"):
-            raise ValueError(f"--model.scaler must be standard or minmax, got '{scaler}'.")
+            raise ConfigError(f"--model.scaler must be standard or minmax, got '{scaler}'.")
+        super().__init__(ClassicalModel(**model_args), threshold=threshold, num_overlays=num_overlays)
         self.save_hyperparameters()
         self.detector_name = estimator
-        self.model = ClassicalModel(features, raw_pixels, backbone, layers, weights)
+        self.estimator = estimator
+        self.scaler = scaler
+        self.pca_variance = pca_variance
+        self.param_grid = param_grid
+        self.random_state = random_state
         self.selection: dict | None = None
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (self.model.embed(images),)
 
     def preprocessing(self) -> list[tuple[str, object]]:
-        scaler = StandardScaler() if self.hparams.scaler == "standard" else MinMaxScaler()
+        scaler = StandardScaler() if self.scaler == "standard" else MinMaxScaler()
         steps: list[tuple[str, object]] = [("scaler", scaler)]
-        if self.hparams.pca_variance is not None and self.hparams.pca_variance < 1.0:
-            steps.append(("pca", PCA(n_components=self.hparams.pca_variance, svd_solver="full")))
+        if self.pca_variance is not None and self.pca_variance < 1.0:
+            steps.append(("pca", PCA(n_components=self.pca_variance, svd_solver="full")))
         return steps
 
     def validation_features(self) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
         """Features, labels and folds of the DataModule's validation set (all on this process)."""
-        datamodule = self.trainer.datamodule
         feats, labels = [], []
         with torch.no_grad():
-            for batch in datamodule.val_dataloader():
-                feats.append(self.model.embed(batch.image.to(self.device)).cpu().double())
+            for batch in self.data.val_dataloader():
+                images = self.model.pre_processor(batch.image.to(self.device))
+                feats.append(self.model.embed(images).cpu().double())
                 labels.append(batch.label)
         if not feats:
             return np.zeros((0, 0)), np.zeros(0, dtype=int), []
-        return torch.cat(feats).numpy(), torch.cat(labels).numpy(), datamodule.val_folds
+        return torch.cat(feats).numpy(), torch.cat(labels).numpy(), self.data.val_folds()
 
     def fit_features(self, train_features: torch.Tensor) -> None:
         x_train = train_features.cpu().double().numpy()
-        name, seed = self.hparams.estimator, self.hparams.random_state
+        name, seed = self.estimator, self.random_state
         prep = Pipeline(self.preprocessing()).fit(x_train)
         z_train = prep.transform(x_train)
-        candidates = grid_points(self.hparams.param_grid or SEED_GRIDS[name])
+        candidates = grid_points(self.param_grid or SEED_GRIDS[name])
         x_val, y_val, folds = self.validation_features()
         if len(set(y_val.tolist())) == 2 and len(candidates) > 1:
             z_val = prep.transform(x_val)
@@ -260,7 +269,7 @@ class Classical(FitOnceModule):
         self.model.set_pipeline(pipeline)
         dims = z_train.shape[1]
         rank_zero_info(
-            f"{name}: {x_train.shape[1]} {self.hparams.features} features -> {dims} after PCA; chose "
+            f"{name}: {x_train.shape[1]} {self.model.features} features -> {dims} after PCA; chose "
             f"{self.selection['params']} (CV AUROC {self.selection['cv_auroc']})."
         )
 
@@ -271,4 +280,4 @@ class Classical(FitOnceModule):
         self.selection = checkpoint.get("selection")
 
     def extra_results(self) -> dict:
-        return {"features": self.hparams.features, "selection": self.selection}
+        return {"features": self.model.features, "selection": self.selection}

@@ -15,22 +15,23 @@ image AUROC 0.81 -> 0.99).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torchvision.utils import make_grid
 
-from mvtec_ad.backbones import BackboneError, FeatureExtractor
-from mvtec_ad.data.dataset import Batch, collate_batch
+from mvtec_ad.data.dataset import Batch
+from mvtec_ad.errors import BackboneError, ConfigError
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
-from mvtec_ad.models.base import AnomalyMapHead, AnomalyModule, AnomalyOutput
+from mvtec_ad.features.backbone import FeatureExtractor
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
+from mvtec_ad.models.components.gradient_module import GradientModule
+from mvtec_ad.models.components.map_head import AnomalyMapHead
 
 # (in, out, kernel, stride) of the encoder's conv blocks; the latent conv follows them
 ENCODER = ((3, 128, 4, 2), (128, 128, 4, 2), (128, 256, 3, 1))
@@ -100,7 +101,7 @@ class FAVAEPass(NamedTuple):
     adapted: list[torch.Tensor]  # adapted decoder features, same shapes
 
 
-class FAVAEModel(nn.Module):
+class FAVAEModel(Detector):
     """Pure FAVAE detector: images in [0, 1] of any size -> AnomalyOutput at that size. No Lightning.
 
     The input is resized to `working_size` (a multiple of 16) inside; teacher layers must lie at
@@ -118,11 +119,23 @@ class FAVAEModel(nn.Module):
         background: Background = "none",
         background_threshold: float = 0.2,
         sigma: float = 4.0,
+        **geometry,
     ) -> None:
-        super().__init__()
+        """
+        Args:
+            backbone, layers, weights: the frozen teacher (see mvtec_ad.features); layers at stride 2-16.
+            working_size: side the model resizes its input to (multiple of 16); maps come back at the input size.
+            latent_dim: size of the latent vector.
+            pixel_weight: weight of the pixel error added to the feature-discrepancy map (0 = none).
+            background, background_threshold: mask the map outside the object: `dark` or `bright`
+                background below/above this gray level (0-1), holes filled; `none` = off.
+            sigma: Gaussian blur of the upsampled map.
+            **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
+        """
+        super().__init__(**geometry)
         if working_size % 16 or working_size < 32:
-            raise ValueError(
-                f"FAVAE working_size must be a multiple of 16 and at least 32, got {working_size}."
+            raise ConfigError(
+                f"--model.working_size must be a multiple of 16 and at least 32, got {working_size}."
             )
         self.teacher = FeatureExtractor(backbone, layers, weights)
         for layer, stride in zip(self.teacher.layers, self.teacher.strides, strict=True):
@@ -171,7 +184,7 @@ class FAVAEModel(nn.Module):
         counts = [0] * len(self.feature_norms)
         moments = [torch.zeros(2, c, dtype=dtype, device=device) for c in self.teacher.channels]
         for batch in loader:
-            for i, f in enumerate(self.teacher(self.resize(batch.image.to(device)))):
+            for i, f in enumerate(self.teacher(self.resize(self.pre_processor(batch.image.to(device))))):
                 f = f.to(dtype)
                 moments[i] += torch.stack([f.sum((0, 2, 3)), f.pow(2).sum((0, 2, 3))])
                 counts[i] += f.numel() // f.shape[1]
@@ -225,7 +238,7 @@ class FAVAEModel(nn.Module):
             amap = amap * foreground_mask(p.image, self.background, self.background_threshold)
         return amap
 
-    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor) -> AnomalyOutput:
         return self.head(self.raw_map(self.run(images)), images.shape[-2:])
 
 
@@ -241,41 +254,28 @@ def favae_loss(p: FAVAEPass, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
     return {"loss": pixel + kl_weight * kl + feature, "pixel": pixel, "kl": kl, "feature": feature}
 
 
-class FAVAE(AnomalyModule):
+class FAVAE(GradientModule):
     """Feature-augmented VAE (seed favae) as a LightningModule.
 
     Args:
-        backbone, layers, weights: the frozen teacher (see mvtec_ad.backbones); layers at stride 2-16.
-        working_size: side the model resizes its input to (multiple of 16); maps come back at the input size.
-        latent_dim: size of the latent vector.
         kl_weight: alpha, the weight of the KL term.
-        pixel_weight: weight of the pixel error added to the feature-discrepancy map (0 = none).
-        background, background_threshold: mask the map outside the object: `dark` or `bright`
-            background below/above this gray level (0-1), holes filled; `none` = off.
         feature_norm: standardise teacher channels with training-set statistics (fitted once at
             the start of fit); False = the seed's raw-feature MSE.
-        sigma: Gaussian blur of the upsampled map.
         lr, weight_decay: Adam.
         early_stopping_patience: epochs without val_loss improvement before stopping.
         log_images_every_n_epochs, num_log_images: TensorBoard snapshots of reconstructions of
             fixed validation and test images.
+        threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
+        **model_args: FAVAEModel's (backbone, layers, weights, working_size, latent_dim,
+            pixel_weight, background, background_threshold, sigma, image_size).
     """
 
     detector_name = "favae"
 
     def __init__(
         self,
-        backbone: str = "vgg16",
-        layers: Sequence[str] = ("features.7", "features.14", "features.21"),
-        weights: str = "imagenet",
-        working_size: int = 128,
-        latent_dim: int = 100,
         kl_weight: float = 1.0,
-        pixel_weight: float = 0.0,
-        background: Background = "none",
-        background_threshold: float = 0.2,
         feature_norm: bool = True,
-        sigma: float = 4.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
         early_stopping_patience: int = 20,
@@ -283,25 +283,27 @@ class FAVAE(AnomalyModule):
         num_log_images: int = 8,
         threshold: ThresholdConfig | None = None,
         num_overlays: int = 6,
+        **model_args,
     ) -> None:
-        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        model = FAVAEModel(**model_args)
+        super().__init__(model, lr, early_stopping_patience, weight_decay, threshold, num_overlays)
         self.save_hyperparameters()
-        model_args = inspect.signature(FAVAEModel).parameters
-        self.model = FAVAEModel(**{k: v for k, v in self.hparams.items() if k in model_args})
+        self.kl_weight = kl_weight
+        self.feature_norm = feature_norm
+        self.log_images_every_n_epochs = log_images_every_n_epochs
+        self.num_log_images = num_log_images
 
     def setup(self, stage: str) -> None:
-        if stage != "fit" or not self.hparams.feature_norm or self.trainer.ckpt_path:
+        super().setup(stage)
+        if stage != "fit" or not self.feature_norm or self.trainer.ckpt_path:
             return  # off, or the checkpoint brings the statistics
-        datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "feature_dataloader"):
-            raise RuntimeError("FAVAE feature_norm needs a DataModule with feature_dataloader().")
         self.model.to(self.trainer.strategy.root_device)
-        self.model.fit_feature_statistics(datamodule.feature_dataloader())
+        self.model.fit_feature_statistics(self.data.feature_dataloader())
 
     def _step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, FAVAEPass]:
         """Loss of one batch, its terms logged per epoch as {stage}_loss, {stage}_pixel, _kl, _feature."""
-        p = self.model.run(batch.image)
-        terms = favae_loss(p, self.hparams.kl_weight)
+        p = self.model.run(self.model.pre_processor(batch.image))
+        terms = favae_loss(p, self.kl_weight)
         logged = {f"{stage}_{name}": value for name, value in terms.items()}
         self.log_dict(logged, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=stage == "val")
         return terms["loss"], p
@@ -309,24 +311,12 @@ class FAVAE(AnomalyModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         _, p = self._step(batch, "val")
-        self.collect_validation_scores(
-            self.model.head.image_score(self.model.raw_map(p)), batch.label, batch.index
-        )
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        trainable = [q for q in self.model.parameters() if q.requires_grad]  # the teacher stays frozen
-        return torch.optim.Adam(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def configure_callbacks(self) -> list:
-        return [
-            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
-            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
-        ]
+        return self.model.head.image_score(self.model.raw_map(p))
 
     def on_train_epoch_end(self) -> None:
-        every = self.hparams.log_images_every_n_epochs
+        every = self.log_images_every_n_epochs
         if every > 0 and (self.current_epoch + 1) % every == 0:
             self.log_reconstructions()
 
@@ -334,20 +324,16 @@ class FAVAE(AnomalyModule):
     def log_reconstructions(self) -> None:
         """Inputs (top row) over their mean reconstructions, for fixed validation and test images."""
         tensorboard = next((lg for lg in self.trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if tensorboard is None or datamodule is None:
+        if tensorboard is None or self.trainer.datamodule is None:
             return
         was_training = self.model.training
         self.model.eval()
         for name in ("val", "test"):
-            dataset = getattr(datamodule, f"{name}_set", None)
-            if not dataset:
+            batch = self.data.preview_batch(name, self.num_log_images)
+            if batch is None:
                 continue
-            n = min(self.hparams.num_log_images, len(dataset))
-            spread = [round(i * (len(dataset) - 1) / max(n - 1, 1)) for i in range(n)]  # good and defective
-            images = collate_batch([dataset[i] for i in spread]).image.to(self.device)
             with torch.no_grad():
-                p = self.model.run(images)
-            grid = make_grid(torch.cat([p.image, p.reconstruction]).cpu(), nrow=n, padding=2)
+                p = self.model.run(self.model.pre_processor(batch.image.to(self.device)))
+            grid = make_grid(torch.cat([p.image, p.reconstruction]).cpu(), nrow=len(batch), padding=2)
             tensorboard.experiment.add_image(f"reconstructions/{name}", grid, self.global_step)
         self.model.train(was_training)

@@ -14,12 +14,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 
 from mvtec_ad.data.dataset import Batch
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
-from mvtec_ad.models.base import AnomalyMapHead, AnomalyModule, AnomalyOutput
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
+from mvtec_ad.models.components.gradient_module import GradientModule
+from mvtec_ad.models.components.map_head import AnomalyMapHead
 
 DOWNSAMPLING = 16  # four stride-2 stages: input sides must be multiples of this
 
@@ -60,7 +62,7 @@ class ResidualBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x), inplace=True)
 
 
-class PixelAEModel(nn.Module):
+class PixelAEModel(Detector):
     """Pure pixel autoencoder detector: images in [0, 1] (sides a multiple of 16) -> AnomalyOutput.
 
     `score` is the image-score rule on the edge-cropped error map: `mean` (the image's
@@ -73,8 +75,23 @@ class PixelAEModel(nn.Module):
         score: Literal["mean", "max", "topk"] = "mean",
         top_k: int = 10,
         sigma: float = 4.0,
+        **geometry,
     ) -> None:
-        super().__init__()
+        """
+        Args:
+            edge_crop: pixels cropped at each edge for the loss and the map.
+            score: image score rule on the error map (mean | max | topk); top_k for topk.
+            sigma: Gaussian blur of the map.
+            **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector;
+                its sides must be multiples of 16.
+        """
+        super().__init__(**geometry)
+        height, width = self.pre_processor.geometry.size
+        if height % DOWNSAMPLING or width % DOWNSAMPLING:
+            raise ConfigError(
+                f"--model.image_size {self.pre_processor.geometry.image_size}: pixel_ae needs sides that are "
+                f"multiples of {DOWNSAMPLING} (e.g. 224 or 128)."
+            )
         self.edge_crop = edge_crop
         self.encoder = nn.Sequential(
             *conv_bn_relu(3, 32), *conv_bn_relu(32, 64), ResidualBlock(64, 128), *conv_bn_relu(128, 256)
@@ -92,7 +109,7 @@ class PixelAEModel(nn.Module):
         if images.shape[-1] % DOWNSAMPLING or images.shape[-2] % DOWNSAMPLING:
             raise ValueError(
                 f"pixel_ae needs image sides that are multiples of {DOWNSAMPLING}, got "
-                f"{tuple(images.shape[-2:])}: set --data.image_size accordingly (e.g. 224)."
+                f"{tuple(images.shape[-2:])}: set --model.image_size accordingly (e.g. 224)."
             )
         return self.decoder(self.encoder(images))
 
@@ -114,55 +131,43 @@ class PixelAEModel(nn.Module):
         full = F.pad(error, (c, c, c, c), mode="replicate") if c > 0 else error
         return AnomalyOutput(self.head.image_score(error), self.head(full, size).map)
 
-    def forward(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor) -> AnomalyOutput:
         return self.anomaly_output(self.error_map(images, self.reconstruct(images)), images.shape[-2:])
 
 
-class PixelAE(AnomalyModule):
+class PixelAE(GradientModule):
     """ResNet-3 pixel autoencoder (seed report 2, part 1) as a LightningModule.
 
     Args:
-        edge_crop: pixels cropped at each edge for the loss and the map.
-        score: image score rule on the error map (mean | max | topk); top_k for topk.
-        sigma: Gaussian blur of the map.
         lr: Adam learning rate.
         early_stopping_patience: epochs without val_loss improvement before stopping.
+        threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
+        **model_args: PixelAEModel's (edge_crop, score, top_k, sigma, image_size).
     """
 
     detector_name = "pixel_ae"
 
     def __init__(
         self,
-        edge_crop: int = 4,
-        score: Literal["mean", "max", "topk"] = "mean",
-        top_k: int = 10,
-        sigma: float = 4.0,
         lr: float = 1e-3,
         early_stopping_patience: int = 10,
         threshold: ThresholdConfig | None = None,
         num_overlays: int = 6,
+        **model_args,
     ) -> None:
-        super().__init__(threshold=threshold, num_overlays=num_overlays)
+        model = PixelAEModel(**model_args)
+        super().__init__(model, lr, early_stopping_patience, threshold=threshold, num_overlays=num_overlays)
         self.save_hyperparameters()
-        self.model = PixelAEModel(edge_crop, score, top_k, sigma)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.model.loss(batch.image, self.model.reconstruct(batch.image))
+        images = self.model.pre_processor(batch.image)
+        loss = self.model.loss(images, self.model.reconstruct(images))
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        reconstruction = self.model.reconstruct(batch.image)
-        loss = self.model.loss(batch.image, reconstruction)
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images = self.model.pre_processor(batch.image)
+        reconstruction = self.model.reconstruct(images)
+        loss = self.model.loss(images, reconstruction)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        error = self.model.error_map(batch.image, reconstruction)
-        self.collect_validation_scores(self.model.head.image_score(error), batch.label, batch.index)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.hparams.lr)
-
-    def configure_callbacks(self) -> list:
-        return [
-            EarlyStopping(monitor="val_loss", patience=self.hparams.early_stopping_patience, mode="min"),
-            ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
-        ]
+        return self.model.head.image_score(self.model.error_map(images, reconstruction))

@@ -1,0 +1,89 @@
+"""Decode image and mask files into 8-bit arrays, and cache them decoded and resized.
+
+cv2 reads every format the layouts allow (PNG, JPG, BMP, TIFF; gray, RGB, RGBA, 16 bit); images
+leave as RGB uint8, masks as {0, 1} uint8, so every detector sees one kind of input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mvtec_ad.data.geometry import InputGeometry
+from mvtec_ad.errors import DataError
+
+# cv2 uses its own thread pool inside every DataLoader worker; on small machines that oversubscribes.
+cv2.setNumThreads(1)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale 16-bit / float images to 8 bit; 8-bit images pass through unchanged."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        scale = 255.0 if image.max() <= 1.0 else 1.0
+        return np.clip(image * scale, 0, 255).round().astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Read any image file as 8-bit RGB HxWx3: gray, RGBA and 16-bit inputs are converted."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(
+            f"Cannot decode image '{path}': the file is missing, truncated or not an image. "
+            f"Replace or remove it."
+        )
+    image = to_uint8(image)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as a {0, 1} uint8 HxW array (any non-zero pixel is defective)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DataError(f"Cannot decode mask '{path}': the file is missing, truncated or not an image.")
+    if mask.ndim == 3:
+        mask = mask[:, :, :3].max(axis=2)  # colour channels only: an opaque alpha is not a defect
+    return (mask > 0).astype(np.uint8)
+
+
+class DecodeCache:
+    """Decoded, resized uint8 tensors keyed by (path, geometry): each file is decoded once per process.
+
+    DataLoader workers each hold their own copy, which is why the DataModule keeps its workers
+    persistent: later epochs then read from memory.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, InputGeometry, str], torch.Tensor] = {}
+        self.decodes = 0  # how many files were actually decoded (tests and benchmarks read it)
+
+    def image(self, path: Path, geometry: InputGeometry) -> torch.Tensor:
+        """uint8 [3, H, W]."""
+        key = (str(path), geometry, "image")
+        if key not in self._items:
+            rgb = geometry.resize_image(decode_image(path))
+            self._items[key] = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+            self.decodes += 1
+        return self._items[key]
+
+    def mask(self, path: Path, geometry: InputGeometry) -> torch.Tensor:
+        """uint8 [1, H, W] in {0, 1}."""
+        key = (str(path), geometry, "mask")
+        if key not in self._items:
+            self._items[key] = torch.from_numpy(geometry.resize_mask(decode_mask(path)))[None]
+            self.decodes += 1
+        return self._items[key]

@@ -1,0 +1,128 @@
+"""The one evaluation of every detector, as a Lightning callback that every AnomalyModule brings.
+
+validation  collects the image scores validation_step returns; at the epoch's end fits the
+            operating threshold (on what the module's `threshold_basis` says, validation
+            scores by default; never on test data) into the module's `threshold` buffer,
+            before the checkpoint callbacks save it
+test        feeds test_step's AnomalyOutput to AnomalyMetrics (on the module's device) and to
+            the overlay selection; at the end computes every metric once, logs them, and
+            rank 0 writes metrics.json, the charts and the overlays (mvtec_ad.report)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from mvtec_ad.data.contract import AnomalyData
+from mvtec_ad.data.dataset import Batch, unique_by_index
+from mvtec_ad.evaluation.metrics import AnomalyMetrics
+from mvtec_ad.evaluation.results import test_record
+from mvtec_ad.evaluation.selection import OverlaySelection
+from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+from mvtec_ad.report.test_report import write_test_report
+
+
+def data_of(trainer: L.Trainer) -> AnomalyData | None:
+    """The trainer's DataModule when it keeps the data contract; None for plain dataloaders."""
+    datamodule = trainer.datamodule
+    return datamodule if isinstance(datamodule, AnomalyData) else None
+
+
+class Evaluator(Callback):
+    """Operating threshold on validation data, metrics and the test report; see the module docstring.
+
+    `results` holds the last test run's metrics.json as a dict.
+    """
+
+    def __init__(self, threshold_config: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
+        self.threshold_config = threshold_config or ThresholdConfig()
+        self.num_overlays = num_overlays
+        self.results: dict | None = None
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._metrics: AnomalyMetrics | None = None
+        self._selection: OverlaySelection | None = None
+
+    # ---- validation: the operating threshold -------------------------------------------------
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs: torch.Tensor | None, batch: Batch, batch_idx: int, dataloader_idx=0
+    ) -> None:
+        if outputs is not None:  # fit-once detectors have nothing to score before they are fitted
+            self._val.append((outputs.detach().flatten(), batch.label.detach(), batch.index))
+
+    def validation_scores(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This epoch's validation scores and labels from every process, DDP padding repeats dropped."""
+        if not self._val:
+            return None
+        scores, labels, index = zip(*self._val, strict=True)
+        scores = pl_module.all_gather(torch.cat(scores)).flatten()
+        labels = pl_module.all_gather(torch.cat(labels)).flatten()
+        if all(i is not None for i in index):
+            index = pl_module.all_gather(torch.cat(index)).flatten()
+            scores, labels = unique_by_index(index, scores, labels)
+        return scores, labels
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        fitted_on = pl_module.threshold_basis(self.validation_scores(pl_module))
+        self._val = []
+        if fitted_on is None:
+            return
+        value = fit_threshold(*fitted_on, self.threshold_config)
+        pl_module.threshold.fill_(value)
+        if math.isfinite(value):
+            pl_module.log("val_threshold", value, sync_dist=False)
+
+    # ---- test: metrics, metrics.json, charts, overlays --------------------------------------
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        data = data_of(trainer)
+        pixel = pl_module.produces_maps and (data is None or data.has_masks())
+        self._metrics = AnomalyMetrics(pixel=pixel).to(pl_module.device)
+        self._selection = OverlaySelection(self.num_overlays)
+        if not pl_module.has_threshold():
+            rank_zero_warn(
+                "No operating threshold in this model (no validation data was seen): precision, recall "
+                "and the other thresholded metrics are reported as null."
+            )
+
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._metrics.update(outputs.score, batch.label, outputs.map, batch.mask, batch.index)
+        maps = outputs.map if pl_module.produces_maps else None  # an image-only detector's map is a constant
+        self._selection.update(
+            outputs.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask
+        )
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        threshold = float(pl_module.threshold) if pl_module.has_threshold() else None
+        metrics = self._metrics.compute(threshold)
+        data = data_of(trainer)
+        self.results = test_record(
+            pl_module.detector_name,
+            data.describe() if data is not None else None,
+            metrics,
+            pl_module.geometry.image_size,
+            str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            pl_module.extra_results(),
+        )
+        loggable = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        pl_module.log_dict(loggable, sync_dist=False)
+        # Trainer.log_dir is a broadcast: every process must ask, not only rank 0
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+            writer = tensorboard.experiment if tensorboard is not None else None
+            path = write_test_report(
+                log_dir, self.results, self._metrics.curves, self._selection, writer, pl_module.global_step
+            )
+            rank_zero_info(f"Test metrics written to {path}")
+        self._metrics = self._selection = None

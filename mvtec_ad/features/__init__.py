@@ -1,0 +1,1 @@
+"""Features: frozen backbones (backbone.py) and their weights (weights.py), handcrafted image features (handcrafted.py)."""

@@ -1,0 +1,91 @@
+"""Frozen, named-layer feature extraction from torchvision and timm models, and feature fusion.
+
+Weights come from mvtec_ad.features.weights (imagenet | none | a local file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from mvtec_ad.errors import BackboneError
+from mvtec_ad.features.weights import build_classifier, feature_layers
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FeatureExtractor(nn.Module):
+    """A frozen backbone returning the named layers' feature maps for images in [0, 1].
+
+    ImageNet normalisation happens inside (buffers), so callers pass raw [0, 1] images and the
+    module stays correct when exported. `train()` never unfreezes it: BatchNorm statistics stay
+    those of the pretrained model.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+    ):
+        super().__init__()
+        self.backbone_name = backbone
+        self.layers = list(layers)
+        model, family = build_classifier(backbone, weights)
+        available = feature_layers(model, family)
+        unknown = [layer for layer in self.layers if layer not in available]
+        if unknown:
+            raise BackboneError(
+                f"Backbone '{backbone}' has no layer(s) {unknown}. Layers to choose from: {available}."
+            )
+        if family == "timm":
+            indices = [available.index(layer) for layer in self.layers]
+            self.body = timm.models.FeatureListNet(model, out_indices=indices, flatten_sequential=True)
+            order = sorted(range(len(indices)), key=lambda i: indices[i])
+            self._order = [order.index(i) for i in range(len(indices))]  # output position of each layer
+        else:
+            self.body = create_feature_extractor(model, return_nodes={layer: layer for layer in self.layers})
+            self._order = None
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, 64, 64))
+        self.channels = [f.shape[1] for f in probe]
+        self.strides = [64 // f.shape[-1] for f in probe]
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of `self.layers`, in that order."""
+        x = (images - self.mean) / self.std
+        out = self.body(x)
+        if self._order is None:
+            return [out[layer] for layer in self.layers]
+        return [out[i] for i in self._order]
+
+
+def fuse_features(features: Sequence[torch.Tensor], pool_kernel: int = 3) -> torch.Tensor:
+    """Average-pool each map (stride 1, same size), resize all to the finest grid, concatenate channels."""
+    target = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+    fused = []
+    for f in features:
+        if pool_kernel > 1:
+            f = F.avg_pool2d(f, pool_kernel, stride=1, padding=pool_kernel // 2, count_include_pad=False)
+        if f.shape[-2:] != target:
+            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
+        fused.append(f)
+    return torch.cat(fused, dim=1)
+
+
+def global_pool(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Spatial mean of each feature map, concatenated: one vector per image (e.g. 512 + 1024 = 1536)."""
+    return torch.cat([f.mean(dim=(2, 3)) for f in features], dim=1)

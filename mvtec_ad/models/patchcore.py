@@ -1,0 +1,147 @@
+"""PatchCore (Roth et al. 2022): a patch memory bank reduced by a greedy coreset (beyond the seeds).
+
+Fused patch features (3x3 average, coarser layer resized to the finer grid) of all training
+images, reduced by a greedy k-center coreset; map = distance of every test patch to its nearest
+bank patch; score = max of the map, optionally re-weighted as in the PatchCore paper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from mvtec_ad.errors import ConfigError
+from mvtec_ad.evaluation.thresholds import ThresholdConfig
+from mvtec_ad.features.backbone import FeatureExtractor, fuse_features
+from mvtec_ad.models.components.buffers import ResizableBuffers
+from mvtec_ad.models.components.coreset import greedy_coreset
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
+from mvtec_ad.models.components.fit_once import FitOnceModule
+from mvtec_ad.models.components.map_head import AnomalyMapHead
+from mvtec_ad.models.components.nearest import nearest_neighbours
+from mvtec_ad.models.knn import BankDtype
+
+
+class PatchCoreModel(Detector, ResizableBuffers):
+    """Pure PatchCore detector: images in [0, 1] -> AnomalyOutput. Exportable, bank included."""
+
+    resizable_buffers = ("memory_bank",)
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        weights: str = "imagenet",
+        pool_kernel: int = 3,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        reweight: bool = False,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+        bank_dtype: BankDtype = "float32",
+        coreset_seed: int = 0,
+        **geometry,
+    ) -> None:
+        """
+        Args:
+            backbone, layers, weights: feature source (see mvtec_ad.features).
+            pool_kernel: neighbourhood average of the patch features (3x3).
+            coreset_ratio: share of all training patches kept in the bank (1.0 = no coreset).
+            projection_dim: random projection the coreset is chosen on.
+            reweight: PatchCore's re-weighted image score instead of the plain max of the map.
+            num_neighbors: bank neighbours used by the re-weighting.
+            sigma: Gaussian blur of the upsampled map.
+            bank_dtype: float16 halves the bank (distances are still float32).
+            coreset_seed: seed of the projection and the coreset's first pick.
+            **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
+        """
+        super().__init__(**geometry)
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise ConfigError(f"--model.coreset_ratio must be in (0, 1], got {coreset_ratio}.")
+        self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.pool_kernel = pool_kernel
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.reweight = reweight
+        self.num_neighbors = num_neighbors
+        self.bank_dtype = getattr(torch, bank_dtype)
+        self.coreset_seed = coreset_seed
+        self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
+        self.head = AnomalyMapHead(sigma=sigma, score="max")
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused patch features [B, D, h, w]."""
+        return fuse_features(self.extractor(images), self.pool_kernel)
+
+    def fit(self, patches: torch.Tensor) -> None:
+        """Coreset of all training patches [N, D, h, w] becomes the memory bank."""
+        flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
+        if self.coreset_ratio < 1.0:
+            n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
+            flat = flat[greedy_coreset(flat, n_select, self.projection_dim, self.coreset_seed)]
+        self.memory_bank = flat.to(self.bank_dtype).contiguous()
+
+    def reweighted_score(
+        self, queries: torch.Tensor, raw: torch.Tensor, nearest: torch.Tensor
+    ) -> torch.Tensor:
+        """PatchCore's image score: the max patch distance, scaled down when its bank neighbour sits in a dense region.
+
+        queries [B, P, D], raw [B, P] patch distances, nearest [B, P] bank index of each patch.
+        Indexing by `gather` keeps the batch size out of the computation (dynamic-batch export).
+        """
+        worst = raw.argmax(1, keepdim=True)  # [B, 1]
+        score = raw.gather(1, worst)[:, 0]
+        query = queries.gather(1, worst.unsqueeze(-1).expand(-1, -1, queries.shape[-1]))  # [B, 1, D]
+        neighbour = self.memory_bank[nearest.gather(1, worst)]  # [B, 1, D]
+        _, support = nearest_neighbours(neighbour, self.memory_bank, k=self.num_neighbors)  # [B, 1, n]
+        distances = (query.unsqueeze(2) - self.memory_bank[support].float()).norm(dim=-1)[:, 0]
+        weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
+        return weight * score
+
+    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+        patches = self.embed(images)
+        b, c, h, w = patches.shape
+        queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        distances, nearest = nearest_neighbours(queries, self.memory_bank)  # [B, P, 1]
+        raw = distances.view(b, h * w)
+        out = self.head(raw.view(b, 1, h, w), images.shape[-2:])
+        if self.reweight and self.num_neighbors > 1:
+            return AnomalyOutput(self.reweighted_score(queries, raw, nearest.view(b, h * w)), out.map)
+        return out
+
+
+class PatchCore(FitOnceModule):
+    """PatchCore as a fit-once LightningModule: the coreset of every training patch becomes the bank.
+
+    Args:
+        threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
+        **model_args: PatchCoreModel's (backbone, layers, weights, pool_kernel, coreset_ratio,
+            projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, image_size).
+    """
+
+    detector_name = "patchcore"
+
+    def __init__(self, threshold: ThresholdConfig | None = None, num_overlays: int = 6, **model_args) -> None:
+        super().__init__(PatchCoreModel(**model_args), threshold=threshold, num_overlays=num_overlays)
+        self.save_hyperparameters()
+        self.coreset_seconds: float | None = None
+
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.model.embed(images),)
+
+    def fit_features(self, patches: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.model.fit(patches)
+        self.coreset_seconds = time.perf_counter() - start
+        total = patches.shape[0] * patches.shape[2] * patches.shape[3]
+        rank_zero_info(
+            f"patchcore: {self.model.memory_bank.shape[0]} of {total} patches kept "
+            f"({self.coreset_seconds:.1f} s)."
+        )
+
+    def extra_results(self) -> dict:
+        return {"bank_patches": int(self.model.memory_bank.shape[0]), "coreset_seconds": self.coreset_seconds}
