@@ -26,7 +26,12 @@ class InputGeometry:
     @classmethod
     def of(cls, image_size: int | Sequence[int], option: str = "--model.image_size") -> InputGeometry:
         """From `S` (a square) or `[H, W]`; anything else is an error naming `option`."""
-        sides = [image_size] if isinstance(image_size, int) else list(image_size)
+        if isinstance(image_size, int):
+            sides = [image_size]
+        elif isinstance(image_size, Sequence) and not isinstance(image_size, str):
+            sides = list(image_size)
+        else:
+            sides = []
         if len(sides) == 1:
             sides *= 2
         if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):

@@ -216,3 +216,10 @@ def test_predict_set_needs_no_dataset_folder_and_falls_back_to_test(tiny_root, t
 def test_output_names_are_unique():
     paths = [Path("x/good/000.png"), Path("x/crack/000.png"), Path("y/a.png"), Path("z/good/000.png")]
     assert output_stems(paths) == ["good_000_1", "crack_000", "a", "good_000_2"]
+
+
+def test_the_checkpoints_geometry_wins_over_the_config_and_says_so(knn_checkpoint, tiny_root, tmp_path):
+    result = cli(*predict_args(knn_checkpoint, tiny_root / SOURCE, tmp_path, "--model.image_size", "32"))
+    assert f"replace the config's model options: image_size 32 -> {TEST_IMAGE_SIZE}" in result.stderr
+    (row,) = json.loads((tmp_path / "predictions.json").read_text())
+    assert cv2.imread(str(tmp_path / row["heatmap"])).shape[:2] == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE)

@@ -86,3 +86,32 @@ def test_datamodule_missing_category_names_option(category_root):
         AnomalyDataModule(root=category_root, category="gadget").setup()
     assert "gadget" in str(err.value) and "widget" in str(err.value)
     assert "--data.category" in str(err.value)
+
+
+def test_options_of_another_source_are_refused_naming_both(category_root):
+    with pytest.raises(
+        ConfigError, match=r"--data.defect_dirs is an option of source folder.*--data.source folder"
+    ):
+        AnomalyDataModule(root=category_root, category="widget", defect_dirs=["crack"])
+    with pytest.raises(ConfigError, match=r"--data.split_csv is an option of source visa"):
+        AnomalyDataModule(
+            root=category_root, category="widget", source="folder", defect_dirs=["x"], split_csv="a.csv"
+        )
+    with pytest.raises(ConfigError, match="--data.source must be one of mvtec, folder, visa"):
+        AnomalyDataModule(root=category_root, source="mvtech")
+    with pytest.raises(ConfigError, match="--data.source folder needs --data.defect_dirs"):
+        AnomalyDataModule(root=category_root, source="folder")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("train_batch_size", 0, "--data.train_batch_size must be a positive number of images, got 0"),
+        ("eval_batch_size", -2, "--data.eval_batch_size must be a positive number of images, got -2"),
+        ("num_workers", -1, "--data.num_workers must be 0 or more"),
+        ("augmentation", "heavy", "Unknown augmentation 'heavy' .--data.augmentation."),
+    ],
+)
+def test_bad_options_fail_when_constructed_before_any_file_is_read(tmp_path, option, value, message):
+    with pytest.raises(ConfigError, match=message):
+        AnomalyDataModule(root=tmp_path / "nowhere", category="widget", **{option: value})
