@@ -12,12 +12,12 @@ pixel metrics are reported as null.
 from __future__ import annotations
 
 import itertools
-import pickle
 import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import skops.io
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from sklearn.covariance import EllipticEnvelope
@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.svm import OneClassSVM
 
-from mvtec_ad.errors import ConfigError
+from mvtec_ad.errors import CheckpointError, ConfigError
 from mvtec_ad.evaluation.metrics import binary_auroc
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.features.backbone import FeatureExtractor, global_pool
@@ -104,14 +104,49 @@ def select_by_cv(
     return table[best], table
 
 
+# What a fitted pipeline holds beyond the scikit-learn estimators skops trusts itself: plain data
+# structures (trees, neighbour indices, distance metrics). Nothing here can run code when rebuilt.
+TRUSTED_TYPES = (
+    "sklearn.tree._tree.Tree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+)
+
+
+def load_pipeline(data: bytes) -> Pipeline:
+    """A pipeline from its skops bytes, refusing any type outside skops' defaults and TRUSTED_TYPES."""
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as error:
+        raise CheckpointError(
+            f"The classical detector's pipeline in this checkpoint is not a skops file "
+            f"({type(error).__name__}); it was not loaded. Use a checkpoint written by mvtec_ad."
+        ) from None
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unknown:
+        raise CheckpointError(
+            f"The classical detector's pipeline in this checkpoint holds types that are not trusted: "
+            f"{', '.join(unknown)}; it was not loaded (no code from a checkpoint is ever run)."
+        )
+    pipeline = skops.io.loads(data, trusted=list(untrusted))
+    if not isinstance(pipeline, Pipeline):
+        raise CheckpointError(
+            "The classical detector's state in this checkpoint is not a pipeline; it was not used."
+        )
+    return pipeline
+
+
 class ClassicalModel(Detector, ResizableBuffers):
     """Pure image-feature detector: images in [0, 1] -> AnomalyOutput; the fitted pipeline is a byte buffer.
 
-    The scikit-learn pipeline is pickled into a uint8 buffer so that it travels inside every
-    checkpoint like any other state; only load checkpoints you trust (pickle).
+    The fitted scikit-learn pipeline is stored with skops (no pickle) in a uint8 buffer, so it
+    travels inside every checkpoint like any other state; loading it rebuilds only the types in
+    TRUSTED_TYPES, so a crafted checkpoint cannot run code.
     """
 
-    resizable_buffers = ("pipeline_bytes",)
+    resizable_buffers = ("pipeline_skops",)
 
     def __init__(
         self,
@@ -135,7 +170,9 @@ class ClassicalModel(Detector, ResizableBuffers):
         self.features = features
         self.raw_pixels = raw_pixels
         self.extractor = FeatureExtractor(backbone, layers, weights) if features == "deep" else None
-        self.register_buffer("pipeline_bytes", torch.empty(0, dtype=torch.uint8))
+        if self.extractor is not None:
+            self.require_side(max(self.extractor.strides), self.extractor.stride_text)
+        self.register_buffer("pipeline_skops", torch.empty(0, dtype=torch.uint8))
         self._pipeline: Pipeline | None = None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -146,23 +183,22 @@ class ClassicalModel(Detector, ResizableBuffers):
 
     def set_pipeline(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
-        self.pipeline_bytes = torch.frombuffer(bytearray(pickle.dumps(pipeline)), dtype=torch.uint8).to(
-            self.pipeline_bytes.device
-        )
+        stored = bytearray(skops.io.dumps(pipeline))
+        self.pipeline_skops = torch.frombuffer(stored, dtype=torch.uint8).to(self.pipeline_skops.device)
 
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            if self.pipeline_bytes.numel() == 0:
+            if self.pipeline_skops.numel() == 0:
                 raise RuntimeError(
                     "This classical detector is not fitted: fit it first or load a checkpoint (--ckpt_path)."
                 )
-            self._pipeline = pickle.loads(self.pipeline_bytes.cpu().numpy().tobytes())
+            self._pipeline = load_pipeline(self.pipeline_skops.cpu().numpy().tobytes())
         return self._pipeline
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._pipeline = None  # unpickled again from the loaded bytes on first use
+        self._pipeline = None  # rebuilt from the loaded bytes on first use
 
     def anomaly_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Negated `score_samples`: higher = more anomalous."""

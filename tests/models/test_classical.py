@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from mvtec_ad.models.classical import SEED_GRIDS, ClassicalModel, grid_points, select_by_cv
+from mvtec_ad.errors import CheckpointError
+from mvtec_ad.models.classical import SEED_GRIDS, ClassicalModel, grid_points, make_estimator, select_by_cv
 
 torch.manual_seed(0)
 IMAGES = torch.rand(6, 3, 64, 64)
@@ -66,3 +67,67 @@ def test_cv_selection_with_real_estimators_finds_the_kernel_width_of_a_ring():
     grid = grid_points({"kernel": ["rbf"], "nu": [0.1], "gamma": [0.1, 10.0, 1.0]})
     best, _ = select_by_cv(lambda p: -OneClassSVM(**p).fit(train).score_samples(val), grid, labels, folds)
     assert best["params"]["gamma"] == 10.0 and best["cv_auroc"] > 0.95
+
+
+class Payload:
+    """What a crafted checkpoint would carry: unpickling it runs os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted_state(model: ClassicalModel, data: bytes) -> dict:
+    state = model.state_dict()
+    state["model.pipeline_skops" if "model.pipeline_skops" in state else "pipeline_skops"] = torch.frombuffer(
+        bytearray(data), dtype=torch.uint8
+    )
+    return state
+
+
+def test_a_pickled_payload_in_a_checkpoint_is_never_run(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    model = ClassicalModel(features="direct", image_size=64)
+    model.load_state_dict(crafted_state(model, pickle.dumps(Payload(marker))))
+    with pytest.raises(CheckpointError, match="not a skops file"):
+        model(IMAGES[:1])
+    assert not marker.exists()
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused(tmp_path):
+    import skops.io
+
+    marker = tmp_path / "pwned"
+    model = ClassicalModel(features="direct", image_size=64)
+    try:
+        data = skops.io.dumps({"pipeline": Payload(marker)})
+    except Exception:  # skops may refuse to write it at all: then nothing can be planted this way
+        return
+    model.load_state_dict(crafted_state(model, data))
+    with pytest.raises(CheckpointError, match="not trusted"):
+        model(IMAGES[:1])
+    assert not marker.exists()
+
+
+def test_every_seed_grid_pipeline_round_trips_through_skops():
+    """Each estimator the seed's grids can fit is rebuilt from the stored bytes with the same scores."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    x = np.random.default_rng(0).random((40, 12))
+    for name, grid in SEED_GRIDS.items():
+        for params in grid_points(grid)[:4]:
+            steps = [("scaler", MinMaxScaler()), ("pca", PCA(0.95, svd_solver="full"))]
+            pipeline = Pipeline([*steps, ("estimator", make_estimator(name, params, 0, len(x)))]).fit(x)
+            model = ClassicalModel(features="direct", image_size=64)
+            model.set_pipeline(pipeline)
+            fresh = ClassicalModel(features="direct", image_size=64)
+            fresh.load_state_dict(model.state_dict())
+            np.testing.assert_array_equal(fresh.pipeline.score_samples(x), pipeline.score_samples(x))
