@@ -31,9 +31,47 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+TAIL = 1024  # bytes searched for a JPEG's end marker (cameras may append a few after it)
+
+
+def incomplete(data: bytes) -> str | None:
+    """Why JPEG or PNG data is truncated (its end marker is missing), or None when it is complete.
+
+    cv2 decodes a truncated JPEG without an error (libjpeg fills the rest grey and prints a
+    warning that names no file), so truncation is checked on the bytes, by their format not
+    their name. Other formats are left to the decoder.
+    """
+    if data.startswith(JPEG_START) and JPEG_END not in data[-TAIL:]:
+        return "the JPEG data ends before its end-of-image marker (the file is truncated)"
+    if data.startswith(PNG_START) and PNG_END not in data[-TAIL:]:
+        return "the PNG data ends before its IEND chunk (the file is truncated)"
+    return None
+
+
+def read_bytes(path: str | Path, what: str = "image") -> bytes:
+    """The file's bytes, checked to be complete; a missing or truncated file is a DataError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(
+            f"Cannot decode {what} '{path}': the file cannot be read ({error.strerror or error}). Replace or remove it."
+        ) from None
+    reason = incomplete(data)
+    if reason:
+        raise DataError(f"Cannot decode {what} '{path}': {reason}. Replace or remove it.")
+    return data
+
+
+def imdecode(path: str | Path, what: str) -> np.ndarray | None:
+    """cv2's decode of a complete file, unchanged (all channels, full bit depth); None if cv2 cannot."""
+    return cv2.imdecode(np.frombuffer(read_bytes(path, what), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
 def decode_image(path: str | Path) -> np.ndarray:
     """Read any image file as 8-bit RGB HxWx3: gray, RGBA and 16-bit inputs are converted."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = imdecode(path, "image")
     if image is None:
         raise DataError(
             f"Cannot decode image '{path}': the file is missing, truncated or not an image. "
@@ -52,7 +90,7 @@ def decode_image(path: str | Path) -> np.ndarray:
 
 def decode_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as a {0, 1} uint8 HxW array (any non-zero pixel is defective)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    mask = imdecode(path, "mask")
     if mask is None:
         raise DataError(f"Cannot decode mask '{path}': the file is missing, truncated or not an image.")
     if mask.ndim == 3:
