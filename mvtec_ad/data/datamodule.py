@@ -24,11 +24,13 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from mvtec_ad.data.checks import check_samples
 from mvtec_ad.data.contract import DataDescription, FitSplit, PreviewSplit
 from mvtec_ad.data.dataset import AnomalyDataset, Batch, SyntheticAnomalyDataset, collate_batch
 from mvtec_ad.data.decode import DecodeCache
+from mvtec_ad.data.epochs import EpochSampler
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import CategoryLayout, Sample, find_images
 from mvtec_ad.data.sources import SOURCE_OPTIONS, SOURCES, check_source_options, scan_source, source_detail
@@ -202,13 +204,16 @@ class AnomalyDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" and self.path is not None:  # new images only: no dataset folder needed
             self.predict_samples = [Sample(p, -1, "unknown") for p in find_images(self.path)]
+            check_samples(self.predict_samples)
             self._datasets.pop("predict", None)
             return
         if self.layout is not None:
             return
-        self.layout = scan_source(
+        layout = scan_source(
             self.source, self.root, self.category, self.require_masks, self.seed, **self.source_options
         )
+        check_samples([*layout.train, *layout.test])  # every file, before anything is fitted
+        self.layout = layout
         if self.protocol == "test_split":
             train = list(self.layout.train)
             test, val = split_test_val(self.layout.test, self.test_share, self.seed)
@@ -222,13 +227,9 @@ class AnomalyDataModule(L.LightningDataModule):
         self.splits = Splits(train, val, test, synthetic, stratified_folds(labels, self.n_folds, self.seed))
 
     def train_dataloader(self) -> DataLoader:
-        if self.samples_per_epoch is None:
-            return self._loader(self.train_set, self.train_batch_size, shuffle=True)
-        sampler = RandomSampler(
-            self.train_set,
-            replacement=self.samples_per_epoch > len(self.train_set),
-            num_samples=self.samples_per_epoch,
-        )
+        """Shuffled by EpochSampler: each epoch's order (and augmentation) depends on (seed, epoch) only,
+        so a resumed fit sees exactly the batches an uninterrupted one saw."""
+        sampler = EpochSampler(self.train_set, self.seed, self.samples_per_epoch)
         return self._loader(self.train_set, self.train_batch_size, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -281,7 +282,9 @@ class AnomalyDataModule(L.LightningDataModule):
                 from mvtec_ad.data.transforms import build_augmentation
 
                 transform = build_augmentation(self.augmentation)
-            return AnomalyDataset(splits.train, self.geometry, transform=transform, cache=self.cache)
+            return AnomalyDataset(
+                splits.train, self.geometry, transform=transform, cache=self.cache, seed=self.seed
+            )
         samples = {"features": splits.train, "val": splits.val, "test": splits.test}[split]
         dataset = AnomalyDataset(samples, self.geometry, cache=self.cache)
         if split == "val" and self.protocol == "synthetic":

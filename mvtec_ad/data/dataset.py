@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mvtec_ad.data.decode import DecodeCache
+from mvtec_ad.data.epochs import derived_seed
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import Sample
 
@@ -33,7 +34,9 @@ class AnomalyDataset(Dataset):
     """Samples -> (image float [3,H,W] in [0,1], mask float [1,H,W], label, path), at `geometry`.
 
     `transform` (optional) takes and returns (image, mask) float tensors; it runs after the
-    cache, so augmentation differs every epoch while decoding happens once.
+    cache, so augmentation differs every epoch while decoding happens once. Indexed by an
+    (epoch, index) pair (EpochSampler), the transform draws from a generator seeded by
+    (`seed`, epoch, index) alone; indexed by an int, from torch's global generator.
     """
 
     def __init__(
@@ -42,11 +45,13 @@ class AnomalyDataset(Dataset):
         geometry: InputGeometry,
         transform: Transform | None = None,
         cache: DecodeCache | None = None,
+        seed: int = 0,
     ) -> None:
         self.samples = list(samples)
         self.geometry = geometry
         self.transform = transform
         self.cache = cache if cache is not None else DecodeCache()
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -56,15 +61,20 @@ class AnomalyDataset(Dataset):
         """True when each path always yields the same image (no augmentation), so its features may be cached."""
         return self.transform is None
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
         sample = self.samples[index]
         image = self.cache.image(sample.path, self.geometry).float().div_(255.0)
         if sample.mask_path is not None:
             mask = self.cache.mask(sample.mask_path, self.geometry).float()
         else:
             mask = torch.zeros(1, *self.geometry.size)
-        if self.transform is not None:
+        if self.transform is not None and epoch is None:
             image, mask = self.transform(image, mask)
+        elif self.transform is not None:  # this image's own draws in this epoch (see mvtec_ad.data.epochs)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived_seed(self.seed, "augment", epoch, index))
+                image, mask = self.transform(image, mask)
         return {"image": image, "mask": mask, "label": sample.label, "path": str(sample.path), "index": index}
 
 

@@ -66,6 +66,7 @@ class DFRModel(Detector):
         self.pca_variance = pca_variance
         self.channel_norm = channel_norm
         self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.pool_kernel = pool_kernel
         self.channels = sum(self.extractor.channels)
         self.register_buffer("feature_mean", torch.zeros(1, self.channels, 1, 1))

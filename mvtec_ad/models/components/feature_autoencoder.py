@@ -40,6 +40,23 @@ class FrozenFeatureAutoencoder(GradientModule):
             self.feature_cache = FrozenFeatureCache()
             self._cache_training = self.cache_features and self.data.fixed_images("train")
             self._cache_validation = self.cache_features and self.data.fixed_images("val")
+            if self.cache_features:
+                self.fill_feature_cache()
+
+    @torch.no_grad()
+    def fill_feature_cache(self) -> None:
+        """The frozen features of every unaugmented training image, in the feature loader's batches.
+
+        Computed before the first step of every fit, fresh or resumed, so both read the very same
+        numbers (features of other batch compositions differ by float rounding, which training
+        would amplify); later passes (DFR's statistics, training, feature_ae's threshold) read them.
+        The global generator is left as it was (iterating a DataLoader draws from it), so weights
+        initialised afterwards are the same with the cache on or off.
+        """
+        self.model.to(self.trainer.strategy.root_device)
+        with torch.random.fork_rng(devices=[]):
+            for batch in self.data.feature_dataloader():
+                self.frozen_features(batch, cached=True)
 
     def frozen_features(self, batch: Batch, cached: bool) -> torch.Tensor:
         images = self.model.pre_processor(batch.image.to(self.device))

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
+from mvtec_ad.data.epochs import derived_seed
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
 from mvtec_ad.models.components.detector import Detector
+
+
+class EpochSeed(Callback):
+    """At each training epoch's start, seed torch, numpy and random from (the run's seed, epoch).
+
+    What a model draws while training (FAVAE's reparameterisation noise, dropout) then depends on
+    the epoch alone, so a fit resumed from last.ckpt continues exactly as an uninterrupted one.
+    The data's own randomness is EpochSampler's (mvtec_ad.data.epochs).
+    """
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        seed = derived_seed(os.environ.get("PL_GLOBAL_SEED", "0"), "model", trainer.current_epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
 
 class GradientModule(AnomalyModule):
@@ -46,6 +65,7 @@ class GradientModule(AnomalyModule):
     def configure_callbacks(self) -> list[Callback]:
         return [
             *super().configure_callbacks(),
+            EpochSeed(),
             EarlyStopping(monitor="val_loss", patience=self.early_stopping_patience, mode="min"),
             ModelCheckpoint(monitor="val_loss", mode="min", filename="best", save_last=True),
         ]
