@@ -12,6 +12,7 @@ are skipped, failed and missing ones run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shlex
@@ -20,7 +21,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,15 +160,32 @@ def plan_runs(
 # Forks the run from this small fresh process and reports that run's rusage. A child spawned straight
 # from the benchmark would report the benchmark's own peak RSS when larger than its own: Linux carries
 # the pre-exec high-water mark across exec into the child's ru_maxrss.
-PEAK_RSS_LAUNCHER = """
+def die_with_parent() -> None:
+    """Be killed when the parent process dies (PR_SET_PDEATHSIG, Linux); elsewhere a no-op."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still end the run (run_child)
+        pass
+
+
+# Both the launcher and the run die with their parent: a benchmark killed even by SIGKILL leaves
+# no orphaned run behind to race a rerun in the same folder.
+PEAK_RSS_LAUNCHER = (
+    inspect.getsource(die_with_parent)
+    + """
 import os, sys
 pid = os.fork()
 if pid == 0:
+    die_with_parent()
     os.execv(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as report:
     report.write(f"{status} {usage.ru_maxrss}")
 """
+)
 
 
 def run_child(cmd: Sequence[str], log_path: Path) -> ChildRun:
@@ -184,6 +203,7 @@ def run_child(cmd: Sequence[str], log_path: Path) -> ChildRun:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             launcher.wait()
@@ -268,8 +288,49 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+@contextmanager
+def results_lock(csv_path: Path) -> Iterator[None]:
+    """Hold `<out>.lock` for the benchmark's lifetime: a second benchmark on the same --out is refused.
+
+    flock is released by the kernel when its holder dies, however it dies, so a rerun after a kill
+    is never blocked by a stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock; do not run two benchmarks on one --out there
+        yield
+        return
+    lock_path = csv_path.with_name(csv_path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ConfigError(
+                f"Another benchmark (pid {holder}) is running on '{csv_path}': wait for it to finish, or "
+                f"pass another --out."
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
 def run_benchmark(plan: Sequence[PlannedRun], csv_path: Path) -> list[Row]:
-    """Run every planned row not yet ok in `csv_path`, rewriting the results after each; the plan's rows."""
+    """Run every planned row not yet ok in `csv_path`, rewriting the results after each; the plan's rows.
+
+    Holds the results file's lock throughout (results_lock).
+    """
+    with results_lock(csv_path):
+        return run_unlocked(plan, csv_path)
+
+
+def run_unlocked(plan: Sequence[PlannedRun], csv_path: Path) -> list[Row]:
     rows = {row_key(row): row for row in read_rows(csv_path)}
     check_resumable(rows, plan, csv_path)
     planned_keys = [run.key for run in plan]

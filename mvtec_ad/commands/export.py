@@ -23,7 +23,8 @@ import torch
 import yaml
 from torch import nn
 
-from mvtec_ad.errors import CheckpointError, ConfigError, DependencyError
+from mvtec_ad.checkpoints import check_detector_class, read_checkpoint
+from mvtec_ad.errors import ConfigError, DependencyError
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
 from mvtec_ad.report.files import write_atomically
 
@@ -141,10 +142,7 @@ def load_detector(cls: type[AnomalyModule], checkpoint: dict, ckpt_path: Path) -
     of them, so exporting needs neither a network nor the original weight file.
     """
     hparams = checkpoint.get("hyper_parameters", {})
-    stored = hparams.get("_class_path")
-    wanted = f"{cls.__module__}.{cls.__qualname__}"
-    if stored is not None and stored != wanted:
-        raise CheckpointError(f"Checkpoint '{ckpt_path}' holds a {stored}, but the config names {wanted}.")
+    check_detector_class(checkpoint, f"{cls.__module__}.{cls.__qualname__}", ckpt_path)
     overrides = {"weights": "none"} if "weights" in hparams else {}
     return cls.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides).eval()
 
@@ -159,11 +157,9 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--format", default="onnx", choices=FORMATS)
     parser.add_argument("--out", type=Path, help="output file (default: the checkpoint's path with .onnx)")
     args = parser.parse_args(argv)
-    if not args.ckpt_path.is_file():
-        raise CheckpointError(f"Checkpoint '{args.ckpt_path}' does not exist.")
     config = read_config(args.config)
     cls = detector_class(config, args.config)
-    checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(args.ckpt_path)
     module = load_detector(cls, checkpoint, args.ckpt_path)
     out = export_onnx(module, args.out or args.ckpt_path.with_suffix(".onnx"))
     threshold = float(module.threshold)

@@ -8,6 +8,8 @@ geometry included), so `test` and `predict` see images as the model was trained 
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +17,13 @@ from pathlib import Path
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mvtec_ad.checkpoints import read_checkpoint
-from mvtec_ad.errors import CheckpointError
+from mvtec_ad.checkpoints import check_detector_class, read_checkpoint
+from mvtec_ad.errors import CheckpointError, ConfigError
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
+from mvtec_ad.runs import AtomicCheckpointIO, RunLogger
 
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")  # Lightning's names, not files
 RUN_OPTIONS = ("num_overlays",)  # model options a checkpoint does not override
@@ -37,7 +41,21 @@ def plain(value: object) -> object:
 
 
 class AnomalyTrainer(Trainer):
-    """Lightning's Trainer plus `train`: fit, then test the best checkpoint, in one run directory."""
+    """Lightning's Trainer plus `train`: fit, then test the best checkpoint, in one run directory.
+
+    By default it logs with RunLogger (a version folder no concurrent run can share) and writes
+    checkpoints atomically (AtomicCheckpointIO): a kill or a full disk never leaves a broken one.
+    """
+
+    def __init__(self, *args, logger=None, plugins=None, **kwargs) -> None:
+        if logger is None or logger is True:
+            logger = RunLogger(save_dir=kwargs.get("default_root_dir") or os.getcwd())
+        plugins = (
+            [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        )
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        super().__init__(*args, logger=logger, plugins=plugins, **kwargs)
 
     def train(
         self, model: AnomalyModule, datamodule: LightningDataModule, ckpt_path: str | None = None
@@ -66,11 +84,14 @@ class AnomalyCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        checkpoint = read_checkpoint(ckpt_path)
+        model = self.config[subcommand].model
+        if model is not None and model.get("class_path"):
+            check_detector_class(checkpoint, model.class_path, ckpt_path)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        model = self.config[subcommand].model
         configured = model.init_args.as_dict() if model is not None and model.get("init_args") else {}
         for name in RUN_OPTIONS:  # how this run reports, not what the model is: the config's value stays
             hparams.pop(name, None)
@@ -112,10 +133,22 @@ class AnomalyCLI(LightningCLI):
         return trainer
 
 
+# options that moved: the old spelling is an error that names the new one, not a parser dump
+MOVED_OPTIONS = {"--data.image_size": "--model.image_size (the input size is the model's own)"}
+
+
+def check_moved_options(args: Sequence[str]) -> None:
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in MOVED_OPTIONS:
+            raise ConfigError(f"{name} is now {MOVED_OPTIONS[name]}.")
+
+
 def run_lightning_cli(args: Sequence[str] | None = None) -> AnomalyCLI:
     # frozen backbones are in eval mode on purpose; say so once here instead of warning every run
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    check_moved_options(sys.argv[1:] if args is None else args)
     return AnomalyCLI(
         model_class=AnomalyModule,
         datamodule_class=LightningDataModule,

@@ -61,6 +61,13 @@ class FeatureExtractor(nn.Module):
         self.channels = [f.shape[1] for f in probe]
         self.strides = [64 // f.shape[-1] for f in probe]
 
+    @property
+    def stride_text(self) -> str:
+        """Words for the coarsest stride, for errors about too small inputs."""
+        return (
+            f"the stride of {self.backbone_name} layer {self.layers[self.strides.index(max(self.strides))]}"
+        )
+
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(False)
 

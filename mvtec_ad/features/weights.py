@@ -53,11 +53,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"Weights file '{path}' does not exist. `weights` takes imagenet, none or a path to a "
             f".pth/.safetensors file."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        from mvtec_ad.checkpoints import unreadable_reason
+
+        raise BackboneError(
+            f"Weights file '{path}' cannot be read ({unreadable_reason(error)}): it is empty, truncated or "
+            f"not a .pth/.safetensors state dict. Download it again, or pass another --model.weights."
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

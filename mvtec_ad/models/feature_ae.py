@@ -51,6 +51,7 @@ class FeatureAEModel(Detector):
         """
         super().__init__(**geometry)
         self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.channels = sum(self.extractor.channels)
         self.autoencoder = conv1x1_autoencoder(self.channels, latent_dim, hidden)
         self.head = AnomalyMapHead(sigma=sigma, score="topk", top_k=top_k)

@@ -52,6 +52,7 @@ class KNNModel(Detector, ResizableBuffers):
         """
         super().__init__(**geometry)
         self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.k = k
         self.pool_kernel = pool_kernel
         self.bank_dtype = getattr(torch, bank_dtype)

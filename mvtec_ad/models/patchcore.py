@@ -63,6 +63,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         if not 0.0 < coreset_ratio <= 1.0:
             raise ConfigError(f"--model.coreset_ratio must be in (0, 1], got {coreset_ratio}.")
         self.extractor = FeatureExtractor(backbone, layers, weights)
+        self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.pool_kernel = pool_kernel
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim

@@ -2,12 +2,18 @@
 
 import csv
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mvtec_ad.cli import main
+from mvtec_ad.commands.benchmark import results_lock, run_benchmark
+from mvtec_ad.errors import ConfigError
 from tests.helpers import REPO, TEST_IMAGE_SIZE, cli
 
 KNN = "configs/demo/knn.yaml"
@@ -119,3 +125,47 @@ def test_benchmark_names_an_unknown_category_before_running(tiny_root, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: Unknown category 'nope'") and "Categories there: fabric, washer" in err
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` no longer runs (a zombie left for a non-reaping init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in state
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_benchmark_killed_by_sigkill_leaves_no_run_and_no_lock_behind(tmp_path):
+    csv_path, pid_file = tmp_path / "results.csv", tmp_path / "run.pid"
+    run = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from mvtec_ad.commands.benchmark import results_lock, run_child\n"
+        f"with results_lock(Path({str(csv_path)!r})):\n"
+        f"    run_child([sys.executable, '-c', {run!r}], Path({str(tmp_path / 'train.log')!r}))\n"
+    )
+    benchmark = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline and benchmark.poll() is None, "the run never started"
+        time.sleep(0.2)
+    run_pid = int(pid_file.read_text())
+    benchmark.send_signal(signal.SIGKILL)
+    benchmark.wait()
+    deadline = time.monotonic() + 20
+    while not process_gone(run_pid):
+        assert time.monotonic() < deadline, "the run outlived its benchmark"
+        time.sleep(0.2)
+    assert run_benchmark([], csv_path) == []  # the dead benchmark's lock is gone with it
+
+
+def test_a_second_benchmark_on_the_same_out_is_refused(tmp_path):
+    csv_path = tmp_path / "results.csv"
+    with results_lock(csv_path):
+        with pytest.raises(
+            ConfigError, match=rf"Another benchmark \(pid {os.getpid()}\) is running on '{csv_path}'"
+        ):
+            run_benchmark([], csv_path)
+    assert run_benchmark([], csv_path) == [] and not (tmp_path / "results.csv.lock").exists()

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.models.components.pre_processor import PreProcessor
 
 
@@ -33,6 +34,15 @@ class Detector(nn.Module):
         """
         super().__init__()
         self.pre_processor = PreProcessor(image_size)
+
+    def require_side(self, minimum: int, reason: str) -> None:
+        """Refuse an input geometry with a side below `minimum` (e.g. a backbone's largest stride)."""
+        height, width = self.pre_processor.geometry.size
+        if min(height, width) < minimum:
+            raise ConfigError(
+                f"--model.image_size {self.pre_processor.geometry.image_size} is smaller than {reason} "
+                f"({minimum} px): use sides of at least {minimum} (e.g. 224)."
+            )
 
     def detect(self, images: torch.Tensor) -> AnomalyOutput:
         """Scores and maps of images at the pre-processor's geometry."""

@@ -1,0 +1,48 @@
+"""Run folders and the files in them, safe against concurrent runs, kills and full disks.
+
+RunLogger           TensorBoard logger whose version_N folder is taken with one atomic mkdir, so
+                    two runs started at once in one default_root_dir never share a folder
+AtomicCheckpointIO  checkpoints written to a temporary file beside the target, fsynced and
+                    renamed: a kill or a full disk keeps the previous checkpoint loadable
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+from mvtec_ad.report.files import write_atomically
+
+
+class RunLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, except that the next version is claimed, not just counted.
+
+    Only global rank 0 claims a folder (the others' log_dir is rank 0's, broadcast by the Trainer).
+    """
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        if rank_zero_only.rank != 0:
+            return version
+        root = Path(self.root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:  # another run took it between the count and now
+                version += 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the checkpoint's folder, fsync, rename (see report.files)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        write_atomically(path, lambda f: torch.save(checkpoint, f))
