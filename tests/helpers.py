@@ -9,6 +9,7 @@ from unittest import mock
 
 import cv2
 import numpy as np
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mvtec_ad.data.datamodule import AnomalyDataModule
@@ -120,3 +121,15 @@ def make_category(
             if masks:
                 write_mask(folder / "ground_truth" / defect / f"{i:03d}_mask.png")
     return root
+
+
+# ---- training ------------------------------------------------------------------------------------
+def one_step_lowers_loss(params, loss_fn, lr: float) -> tuple[float, float]:
+    """The loss before and after one Adam step on `params`."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    before = loss_fn()
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        return float(before), float(loss_fn())

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mvtec_ad.models.feature_ae import FeatureAEModel
-from tests.helpers import datamodule
+from tests.helpers import datamodule, one_step_lowers_loss
 
 
 def small_feature_ae(image_size: int) -> FeatureAEModel:
@@ -39,16 +39,6 @@ def test_feature_ae_default_is_resnet50_layer3():
     model = FeatureAEModel(weights="none")
     assert model.extractor.layers == ["layer3"] and model.channels == 1024
     assert model.extractor.strides == [16]
-
-
-def one_step_lowers_loss(params, loss_fn, lr: float) -> tuple[float, float]:
-    optimizer = torch.optim.Adam(params, lr=lr)
-    before = loss_fn()
-    optimizer.zero_grad()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        return float(before), float(loss_fn())
 
 
 def test_one_step_lowers_the_feature_ae_loss(feature_ae):

@@ -5,6 +5,7 @@ import torch
 
 from mvtec_ad.models.components.detector import AnomalyOutput
 from mvtec_ad.models.pixel_ae import PixelAEModel
+from tests.helpers import one_step_lowers_loss
 
 
 def test_pixel_ae_has_the_seeds_parameter_count():
@@ -31,16 +32,6 @@ def test_pixel_ae_shapes_and_edge_crop(size):
 def test_pixel_ae_rejects_sides_that_are_not_multiples_of_16():
     with pytest.raises(ValueError, match="multiples of 16"):
         PixelAEModel().reconstruct(torch.rand(1, 3, 60, 60))
-
-
-def one_step_lowers_loss(params, loss_fn, lr: float) -> tuple[float, float]:
-    optimizer = torch.optim.Adam(params, lr=lr)
-    before = loss_fn()
-    optimizer.zero_grad()
-    before.backward()
-    optimizer.step()
-    with torch.no_grad():
-        return float(before), float(loss_fn())
 
 
 def test_one_step_lowers_the_pixel_ae_loss():
