@@ -33,7 +33,7 @@ from mvtec_ad.data.decode import DecodeCache
 from mvtec_ad.data.epochs import EpochSampler
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import CategoryLayout, Sample, find_images
-from mvtec_ad.data.sources import SOURCE_OPTIONS, SOURCES, check_source_options, scan_source, source_detail
+from mvtec_ad.data.sources import SOURCE_OPTIONS, SOURCES, scan_source, source_detail, source_options
 from mvtec_ad.data.splits import split_test_val, split_train_val, stratified_folds, synthetic_assignment
 from mvtec_ad.errors import ConfigError
 
@@ -144,11 +144,11 @@ class AnomalyDataModule(L.LightningDataModule):
             build_augmentation(augmentation)  # an unknown preset fails here, before anything is loaded
         self.root = Path(root)
         self.source = source
+        own = {name: options[name] for name in SOURCE_OPTIONS[source]}
+        self.source_options = source_options(source, require_masks, **own)
         if category is None and source == "folder":
-            category = (self.root / (good_dir or "good")).resolve().parent.name
+            category = (self.root / self.source_options["good_dir"]).resolve().parent.name
         self.category = category
-        self.source_options = {name: options[name] for name in SOURCE_OPTIONS[source]}
-        check_source_options(source, require_masks, **self.source_options)
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

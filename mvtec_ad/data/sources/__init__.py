@@ -25,54 +25,53 @@ FOLDER_DEFAULTS = {"good_dir": "good", "mask_pattern": "{stem}_mask.png", "good_
 VISA_DEFAULTS = {"split_csv": "split_csv/1cls.csv"}
 
 
-def with_defaults(options: dict, defaults: dict) -> dict:
-    """`options` with None replaced by the source's default."""
-    return {**options, **{k: v for k, v in defaults.items() if options.get(k) is None}}
+SOURCE_DEFAULTS = {"mvtec": {}, "folder": FOLDER_DEFAULTS, "visa": VISA_DEFAULTS}
 
 
-def check_source_options(source: str, require_masks: bool, **options) -> None:
-    """Fail on the source's options before any folder is read (called when the DataModule is built)."""
+def source_options(source: str, require_masks: bool, **options) -> dict:
+    """`source`'s options with None replaced by its defaults, checked before any folder is read.
+
+    The DataModule calls this once when it is built; scan_source and source_detail take its result.
+    """
+    resolved = {**options, **{k: v for k, v in SOURCE_DEFAULTS[source].items() if options.get(k) is None}}
     if source == "folder":
         from mvtec_ad.data.sources.folder import check_folder_options
 
-        folder = with_defaults(options, FOLDER_DEFAULTS)
-        if folder["defect_dirs"] is None:
+        if resolved["defect_dirs"] is None:
             raise ConfigError(
                 "--data.source folder needs --data.defect_dirs: one or more folders of defective images."
             )
         check_folder_options(
-            folder["defect_dirs"],
-            folder["mask_dirs"],
-            folder["mask_pattern"],
-            folder["good_test_share"],
+            resolved["defect_dirs"],
+            resolved["mask_dirs"],
+            resolved["mask_pattern"],
+            resolved["good_test_share"],
             require_masks,
         )
+    return resolved
 
 
 def scan_source(
     source: str, root: Path, category: str | None, require_masks: bool, seed: int, **options
 ) -> CategoryLayout:
-    """Scan one category with `source`'s scanner; `options` are that source's own (None = default)."""
+    """Scan one category with `source`'s scanner; `options` are that source's own, as source_options gives them."""
     if source == "folder":
         from mvtec_ad.data.sources.folder import scan_folders
 
-        check_source_options(source, require_masks, **options)
-        folder = with_defaults(options, FOLDER_DEFAULTS)
-        return scan_folders(root, category, seed=seed, require_masks=require_masks, **folder)
+        return scan_folders(root, category, seed=seed, require_masks=require_masks, **options)
     if category is None:
         raise ConfigError(f"--data.category is required for source {source}: name the category to use.")
     if source == "visa":
         from mvtec_ad.data.sources.visa import scan_visa
 
-        return scan_visa(root, category, require_masks=require_masks, **with_defaults(options, VISA_DEFAULTS))
+        return scan_visa(root, category, require_masks=require_masks, **options)
     from mvtec_ad.data.sources.mvtec import scan_category
 
     return scan_category(root, category, require_masks=require_masks)
 
 
 def source_detail(source: str, seed: int, **options) -> str | None:
-    """What the source adds to the protocol's description: where test/good came from (folder)."""
+    """What the source adds to the protocol's description (options as source_options gives them)."""
     if source != "folder":
         return None
-    folder = with_defaults(options, FOLDER_DEFAULTS)
-    return f"test/good = {folder['good_test_share']:.0%} of {folder['good_dir']} (seed {seed})"
+    return f"test/good = {options['good_test_share']:.0%} of {options['good_dir']} (seed {seed})"
