@@ -3,10 +3,13 @@
     python -m mvtec_ad export --config configs/patchcore.yaml --ckpt_path .../checkpoints/model.ckpt \
         --format onnx --out patchcore.onnx
 
-The ONNX model takes float32 RGB images in [0, 1], [B, 3, H, W] at the model's own input geometry
-(its pre-processor's; ImageNet normalisation, memory banks, everything else is inside) and returns
-`score` [B] and `map` [B, 1, H, W], the same numbers as the PyTorch model. Its metadata holds the
-operating threshold (label = score >= threshold), the image size and the detector's name.
+The ONNX model takes float32 RGB images in [0, 1], [B, 3, H, W] at the model's own canvas
+(its pre-processor's; ImageNet normalisation, memory banks, tiling and stitching, everything
+else is inside) and returns `score` [B] and `map` [B, 1, H, W], the same numbers as the PyTorch
+model. A keep_aspect model takes a second input, `content` int64 [B, 2]: the (h, w) each image
+covers from the canvas's top-left corner (the rest is padding, left out of scores and maps).
+Its metadata holds the operating threshold (label = score >= threshold), the geometry and the
+detector's name.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mvtec_ad.report.files import write_atomically
 FORMATS = ("onnx",)
 OPSET = 17
 INPUT_NAME = "image"
+CONTENT_NAME = "content"
 OUTPUT_NAMES = ("score", "map")
 
 
@@ -41,20 +45,34 @@ class ScoresAndMaps(nn.Module):
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.detector(images)
+    def forward(
+        self, images: torch.Tensor, content: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.detector(images, content)
         return out.score, out.map
+
+
+def takes_content(module: AnomalyModule) -> bool:
+    """keep_aspect models are told where each image ends on the canvas."""
+    return module.geometry.resize == "keep_aspect"
 
 
 def export_metadata(module: AnomalyModule) -> dict[str, str]:
     """What a deployment needs besides the graph: how to feed it and how to label its scores."""
     threshold = float(module.threshold)
     height, width = module.geometry.size
+    geometry = module.model.describe_geometry()
+    inputs = f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]"
+    if takes_content(module):
+        inputs += (
+            f"; {CONTENT_NAME}: int64 [B, 2], (h, w) of each image scaled (aspect kept) to fit the canvas "
+            f"and placed at its top-left, the rest padded ({geometry['pad']})"
+        )
     return {
         "detector": module.detector_name,
-        "image_size": str(module.geometry.image_size),
+        **{key: str(value) for key, value in geometry.items()},
         "threshold": repr(threshold) if math.isfinite(threshold) else "",
-        "input": f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]",
+        "input": inputs,
         "outputs": "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W]",
     }
 
@@ -82,7 +100,13 @@ def export_onnx(module: AnomalyModule, path: str | Path) -> Path:
             "export needs the `onnx` package: pip install onnx (or pip install -e '.[export]')."
         ) from error
     wrapper = ScoresAndMaps(module.model).eval()
-    example = torch.rand(2, 3, *module.geometry.size, device=module.device)
+    example = (torch.rand(2, 3, *module.geometry.size, device=module.device),)
+    names = [INPUT_NAME]
+    if takes_content(module):
+        example += (
+            torch.tensor([[module.geometry.height, module.geometry.width]] * 2, device=module.device),
+        )
+        names.append(CONTENT_NAME)
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # shape checks in the models trace to constants: right for the fixed image size exported
@@ -92,13 +116,13 @@ def export_onnx(module: AnomalyModule, path: str | Path) -> Path:
         graph = io.BytesIO()
         torch.onnx.export(
             wrapper,
-            (example,),
+            example,
             graph,
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: batch, **{name: batch for name in OUTPUT_NAMES}},
+            dynamic_axes={**{name: batch for name in names}, **{name: batch for name in OUTPUT_NAMES}},
         )
     model = onnx.load_from_string(graph.getvalue())
     onnx.helper.set_model_props(model, export_metadata(module))

@@ -81,6 +81,9 @@ class AnomalyDataModule(L.LightningDataModule):
         good_dir, defect_dirs, mask_dirs, mask_pattern, good_test_share: source folder only
             (mvtec_ad.data.sources.folder; defaults good, -, none, "{stem}_mask.png", 0.2).
         split_csv: source visa only, the split file relative to root (default split_csv/1cls.csv).
+        pixel_resolution: where pixel metrics are computed: `original` (default) upsamples each
+            map to its ground-truth mask's own size, masks never resized, as MVTec AD's official
+            evaluation does; `input` compares at the model's input size (faster, approximate).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class AnomalyDataModule(L.LightningDataModule):
         mask_pattern: str | None = None,
         good_test_share: float | None = None,
         split_csv: str | None = None,
+        pixel_resolution: Literal["original", "input"] = "original",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -136,6 +140,11 @@ class AnomalyDataModule(L.LightningDataModule):
         for name, value in (("train_batch_size", train_batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"--data.{name} must be a positive number of images, got {value}.")
+        if pixel_resolution not in ("original", "input"):
+            raise ConfigError(
+                f"--data.pixel_resolution must be original (masks at their own size, as MVTec's evaluation) "
+                f"or input (masks at the model's input size), got {pixel_resolution!r}."
+            )
         if num_workers < 0:
             raise ConfigError(f"--data.num_workers must be 0 or more, got {num_workers}.")
         if augmentation:
@@ -163,6 +172,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.samples_per_epoch = samples_per_epoch
         self.path = path
+        self.pixel_resolution = pixel_resolution
         self.layout: CategoryLayout | None = None
         self.splits: Splits | None = None
         self.predict_samples: list[Sample] | None = None
@@ -286,7 +296,8 @@ class AnomalyDataModule(L.LightningDataModule):
                 splits.train, self.geometry, transform=transform, cache=self.cache, seed=self.seed
             )
         samples = {"features": splits.train, "val": splits.val, "test": splits.test}[split]
-        dataset = AnomalyDataset(samples, self.geometry, cache=self.cache)
+        full_masks = split == "test" and self.pixel_resolution == "original" and self.has_masks()
+        dataset = AnomalyDataset(samples, self.geometry, cache=self.cache, full_masks=full_masks)
         if split == "val" and self.protocol == "synthetic":
             return SyntheticAnomalyDataset(dataset, splits.synthetic, self.seed)
         return dataset

@@ -25,6 +25,11 @@ class Batch:
     label: torch.Tensor  # int64 [B], 0 = good, 1 = defective, -1 = unknown
     path: list[str]
     index: torch.Tensor | None = None  # int64 [B], position in the dataset (gathering under DDP)
+    content: torch.Tensor | None = None  # int64 [B, 2], (h, w) the image covers from the top-left; None = all
+    original: torch.Tensor | None = None  # int64 [B, 2], (h, w) of the image file
+    full_mask: list[torch.Tensor] | None = (
+        None  # uint8 [h, w] per image at the file's resolution (evaluation)
+    )
 
     def __len__(self) -> int:
         return len(self.path)
@@ -37,6 +42,8 @@ class AnomalyDataset(Dataset):
     cache, so augmentation differs every epoch while decoding happens once. Indexed by an
     (epoch, index) pair (EpochSampler), the transform draws from a generator seeded by
     (`seed`, epoch, index) alone; indexed by an int, from torch's global generator.
+    With `full_masks`, items also hold the mask at the file's own resolution (zeros for images
+    without one), for pixel metrics at the ground truth's resolution.
     """
 
     def __init__(
@@ -46,8 +53,10 @@ class AnomalyDataset(Dataset):
         transform: Transform | None = None,
         cache: DecodeCache | None = None,
         seed: int = 0,
+        full_masks: bool = False,
     ) -> None:
         self.samples = list(samples)
+        self.full_masks = full_masks
         self.geometry = geometry
         self.transform = transform
         self.cache = cache if cache is not None else DecodeCache()
@@ -64,7 +73,8 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (None, key)
         sample = self.samples[index]
-        image = self.cache.image(sample.path, self.geometry).float().div_(255.0)
+        placed = self.cache.image(sample.path, self.geometry)
+        image = placed.image.float().div_(255.0)
         if sample.mask_path is not None:
             mask = self.cache.mask(sample.mask_path, self.geometry).float()
         else:
@@ -75,7 +85,22 @@ class AnomalyDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derived_seed(self.seed, "augment", epoch, index))
                 image, mask = self.transform(image, mask)
-        return {"image": image, "mask": mask, "label": sample.label, "path": str(sample.path), "index": index}
+        item = {
+            "image": image,
+            "mask": mask,
+            "label": sample.label,
+            "path": str(sample.path),
+            "index": index,
+            "content": placed.content,
+            "original": placed.original,
+        }
+        if self.full_masks:
+            item["full_mask"] = (
+                self.cache.original_mask(sample.mask_path)
+                if sample.mask_path is not None
+                else torch.zeros(placed.original, dtype=torch.uint8)
+            )
+        return item
 
 
 class SyntheticAnomalyDataset(Dataset):
@@ -133,4 +158,11 @@ def collate_batch(items: list[dict]) -> Batch:
         label=torch.tensor([it["label"] for it in items], dtype=torch.long),
         path=[it["path"] for it in items],
         index=torch.tensor([it.get("index", -1) for it in items], dtype=torch.long),
+        content=torch.tensor([it["content"] for it in items], dtype=torch.long)
+        if "content" in items[0]
+        else None,
+        original=torch.tensor([it["original"] for it in items], dtype=torch.long)
+        if "original" in items[0]
+        else None,
+        full_mask=[it["full_mask"] for it in items] if "full_mask" in items[0] else None,
     )

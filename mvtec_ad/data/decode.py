@@ -7,6 +7,7 @@ leave as RGB uint8, masks as {0, 1} uint8, so every detector sees one kind of in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -98,30 +99,48 @@ def decode_mask(path: str | Path) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
+class Placed(NamedTuple):
+    """An image on its canvas: uint8 [3, H, W], the (h, w) it covers there, and its original (h, w)."""
+
+    image: torch.Tensor
+    content: tuple[int, int]
+    original: tuple[int, int]
+
+
 class DecodeCache:
-    """Decoded, resized uint8 tensors keyed by (path, geometry): each file is decoded once per process.
+    """Decoded, placed uint8 tensors keyed by (path, geometry): each file is decoded once per process.
 
     DataLoader workers each hold their own copy, which is why the DataModule keeps its workers
-    persistent: later epochs then read from memory.
+    persistent: later epochs then read from memory. Masks at their original resolution (for
+    evaluation as MVTec's script does it) are cached alike.
     """
 
     def __init__(self) -> None:
-        self._items: dict[tuple[str, InputGeometry, str], torch.Tensor] = {}
+        self._items: dict[tuple[str, InputGeometry | None, str], object] = {}
         self.decodes = 0  # how many files were actually decoded (tests and benchmarks read it)
 
-    def image(self, path: Path, geometry: InputGeometry) -> torch.Tensor:
-        """uint8 [3, H, W]."""
+    def image(self, path: Path, geometry: InputGeometry) -> Placed:
         key = (str(path), geometry, "image")
         if key not in self._items:
-            rgb = geometry.resize_image(decode_image(path))
-            self._items[key] = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+            rgb = decode_image(path)
+            placed, content = geometry.place_image(rgb)
+            tensor = torch.from_numpy(np.ascontiguousarray(placed.transpose(2, 0, 1)))
+            self._items[key] = Placed(tensor, content, rgb.shape[:2])
             self.decodes += 1
         return self._items[key]
 
     def mask(self, path: Path, geometry: InputGeometry) -> torch.Tensor:
-        """uint8 [1, H, W] in {0, 1}."""
+        """uint8 [1, H, W] in {0, 1}, placed like its image."""
         key = (str(path), geometry, "mask")
         if key not in self._items:
-            self._items[key] = torch.from_numpy(geometry.resize_mask(decode_mask(path)))[None]
+            self._items[key] = torch.from_numpy(geometry.place_mask(decode_mask(path)))[None]
+            self.decodes += 1
+        return self._items[key]
+
+    def original_mask(self, path: Path) -> torch.Tensor:
+        """uint8 [H, W] in {0, 1} at the file's own resolution."""
+        key = (str(path), None, "mask")
+        if key not in self._items:
+            self._items[key] = torch.from_numpy(decode_mask(path))
             self.decodes += 1
         return self._items[key]

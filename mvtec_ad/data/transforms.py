@@ -53,7 +53,7 @@ def pixel_ae_augmentation() -> Augmentation:
     """Seed report 2 (ResNet-3 autoencoder): flip, scale/translate, quarter turns, a very slight blur.
 
     Affine (p 0.75): scale uniform in [0.9, 1.1], translation uniform up to 5% of the side per
-    axis. Rotation (p 0.75): one of -90/90/180 degrees, exact (torch.rot90). Blur: kernel 3,
+    axis. Rotation (p 0.75): one of -90/90/180 degrees, exact (torch.rot90); 180 on non-square canvases. Blur: kernel 3,
     sigma uniform in [0.01, 0.05] as the seed says (at such sigmas it barely changes a pixel).
     """
 
@@ -66,6 +66,8 @@ def pixel_ae_augmentation() -> Augmentation:
             image, mask = affine(image, mask, 0.0, shift, uniform(0.9, 1.1))
         if chance(0.75):
             turns = (-1, 1, 2)[int(torch.randint(3, ()))]  # -90, 90, 180 degrees
+            if image.shape[-1] != image.shape[-2]:
+                turns = 2  # a quarter turn would change a non-square canvas's shape: half turns only
             image, mask = torch.rot90(image, turns, (1, 2)), torch.rot90(mask, turns, (1, 2))
         sigma = uniform(0.01, 0.05)
         return TF.gaussian_blur(image, kernel_size=[3, 3], sigma=[sigma, sigma]), mask

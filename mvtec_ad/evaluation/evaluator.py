@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -27,6 +28,31 @@ from mvtec_ad.evaluation.results import test_record
 from mvtec_ad.evaluation.selection import OverlaySelection
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 from mvtec_ad.report.test_report import write_test_report
+
+
+def pixel_inputs(
+    maps: torch.Tensor, batch: Batch
+) -> tuple[list[torch.Tensor] | torch.Tensor, list[torch.Tensor] | torch.Tensor, str]:
+    """What the pixel metrics compare, image by image, and at which resolution.
+
+    With the masks at their files' own resolution (`batch.full_mask`), each map's image part is
+    upsampled (bilinear) to its mask's size, masks never resized: MVTec AD's official way.
+    Otherwise maps and masks are compared at the input size; either way padding (outside
+    `batch.content`) is left out.
+    """
+    if batch.content is None:
+        return maps, batch.mask, "input"
+    out_maps, out_masks = [], []
+    for i, (h, w) in enumerate(batch.content.tolist()):
+        part = maps[i : i + 1, :, :h, :w]
+        if batch.full_mask is not None:
+            mask = batch.full_mask[i]
+            part = F.interpolate(part, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+        else:
+            mask = batch.mask[i, :, :h, :w]
+        out_maps.append(part[0, 0])
+        out_masks.append(mask.reshape(part.shape[-2:]))
+    return out_maps, out_masks, "original" if batch.full_mask is not None else "input"
 
 
 def data_of(trainer: L.Trainer) -> AnomalyData | None:
@@ -48,6 +74,7 @@ class Evaluator(Callback):
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._metrics: AnomalyMetrics | None = None
         self._selection: OverlaySelection | None = None
+        self._resolution: str | None = None
 
     # ---- validation: the operating threshold -------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -96,7 +123,11 @@ class Evaluator(Callback):
     def on_test_batch_end(
         self, trainer, pl_module, outputs, batch: Batch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._metrics.update(outputs.score, batch.label, outputs.map, batch.mask, batch.index)
+        if self._metrics.pixel:
+            maps, masks, self._resolution = pixel_inputs(outputs.map, batch)
+        else:
+            maps, masks = None, None
+        self._metrics.update(outputs.score, batch.label, maps, masks, batch.index)
         maps = outputs.map if pl_module.produces_maps else None  # an image-only detector's map is a constant
         self._selection.update(
             outputs.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask
@@ -105,12 +136,14 @@ class Evaluator(Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         threshold = float(pl_module.threshold) if pl_module.has_threshold() else None
         metrics = self._metrics.compute(threshold)
+        metrics["pixel_resolution"] = self._resolution if metrics["pixel_auroc"] is not None else None
+        metrics["notes"] = self._metrics.notes
         data = data_of(trainer)
         self.results = test_record(
             pl_module.detector_name,
             data.describe() if data is not None else None,
             metrics,
-            pl_module.geometry.image_size,
+            pl_module.model.describe_geometry(),
             str(trainer.ckpt_path) if trainer.ckpt_path else None,
             pl_module.extra_results(),
         )

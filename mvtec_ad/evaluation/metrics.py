@@ -10,11 +10,13 @@ are labelled on the host, once per test run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
@@ -118,7 +120,19 @@ def pixel_aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3)
     None when there is no defective or no normal pixel.
     """
     regions, sizes = label_regions(masks)
-    regions, scores = regions.flatten(), maps.flatten()
+    return region_aupro(maps.flatten(), regions.flatten(), sizes, fpr_limit)
+
+
+def region_aupro(
+    scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor, fpr_limit: float = 0.3
+) -> float | None:
+    """AUPRO of flat pixel scores whose region ids (-1 = normal, 0..R-1 pooled over all images) are given.
+
+    Exactly MVTec AD's `pro_curve_util.compute_pro` + `trapezoid`: regions pooled over all images,
+    FPR over all normal pixels, tied scores collapsed to one point (the last), linear
+    interpolation at `fpr_limit`, area / `fpr_limit`; sums in float64 (float32 counts stop being
+    exact past 2**24 pixels). None when there is no defective or no normal pixel.
+    """
     normal = regions < 0
     n_normal = int(normal.sum())
     n_regions = sizes.numel()
@@ -129,7 +143,13 @@ def pixel_aupro(maps: torch.Tensor, masks: torch.Tensor, fpr_limit: float = 0.3)
     region_weight = torch.zeros_like(scores, dtype=dtype)
     region_weight[~normal] = 1.0 / (n_regions * sizes[regions[~normal]].to(dtype))
     _, (fp, pro) = cumulative_curve(scores, normal, region_weight)
-    return float(trapezoid_to(fp / n_normal, pro, fpr_limit) / fpr_limit)
+    return float(trapezoid_to(fp / n_normal, pro.clamp(max=1.0), fpr_limit) / fpr_limit)
+
+
+def local_regions(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One mask [h, w] -> int32 region ids per pixel (-1 normal, 0.. per region; 8-connectivity) and their count."""
+    n, labels = cv2.connectedComponents(mask.detach().to("cpu", torch.uint8).numpy(), connectivity=8)
+    return torch.from_numpy(labels.astype(np.int32) - 1), n - 1
 
 
 def confusion_at(scores: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float | None]:
@@ -200,12 +220,19 @@ def image_curves(scores: torch.Tensor, labels: torch.Tensor, threshold: float | 
     )
 
 
+PixelInput = torch.Tensor | Sequence[torch.Tensor]
+
+
 class AnomalyMetrics(Metric):
     """Collects scores, labels and (optionally) maps and masks; computes every test metric at once.
 
-    States are concatenated across processes by torchmetrics, so DDP test runs see every image.
-    Maps stay float32 (half precision would create ties and shift AUROC); masks are uint8.
-    `compute` returns the metric values and keeps the image curves behind them in `self.curves`.
+    Pixels are kept flat, image by image, with the ids of their mask's connected regions
+    (labelled on the host as each batch arrives), so images of different sizes (masks at their
+    own resolution) pool into one evaluation. States are concatenated across processes by
+    torchmetrics, so DDP test runs see every image. Maps stay float32 (half precision would
+    create ties and shift AUROC). `compute` returns the metric values, keeps the image curves
+    behind them in `self.curves` and the data's oddities (one class only, empty defect masks)
+    in `self.notes`, each also raised as a warning.
     """
 
     full_state_update = False
@@ -216,54 +243,117 @@ class AnomalyMetrics(Metric):
         self.fpr_limit = fpr_limit
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
-        self.add_state("maps", default=[], dist_reduce_fx="cat")
-        self.add_state("masks", default=[], dist_reduce_fx="cat")
         self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("pixel_maps", default=[], dist_reduce_fx="cat")  # float32, flat
+        self.add_state("pixel_regions", default=[], dist_reduce_fx="cat")  # int32, flat, -1 = normal
+        self.add_state(
+            "pixel_images", default=[], dist_reduce_fx="cat"
+        )  # int64 [n, 4]: index, pixels, regions, label
         self.curves: ImageCurves | None = None
+        self.notes: list[str] = []
 
     def update(
         self,
         scores: torch.Tensor,
         labels: torch.Tensor,
-        maps: torch.Tensor | None = None,
-        masks: torch.Tensor | None = None,
+        maps: PixelInput | None = None,
+        masks: PixelInput | None = None,
         index: torch.Tensor | None = None,
     ) -> None:
-        """`index` (dataset positions) lets compute() drop the images DDP's sampler repeats."""
+        """`maps` and `masks` are [B, 1, H, W] tensors or one [h, w] (or [1, h, w]) tensor per image.
+
+        `index` (dataset positions) lets compute() drop the images DDP's sampler repeats.
+        """
         if index is not None:
             self.index.append(index.detach().flatten())
         self.scores.append(scores.detach().flatten().float())
         self.labels.append(labels.detach().flatten().to(torch.uint8))
-        if self.pixel and maps is not None and masks is not None:
-            self.maps.append(maps.detach().squeeze(1).float())
-            self.masks.append((masks.detach().squeeze(1) > 0.5).to(torch.uint8))
+        if not (self.pixel and maps is not None and masks is not None):
+            return
+        positions = index.detach().flatten().tolist() if index is not None else [-1] * len(maps)
+        rows = []
+        for i, (m, mask) in enumerate(zip(maps, masks, strict=True)):
+            m, mask = m.detach().reshape(m.shape[-2:]), mask.detach().reshape(mask.shape[-2:])
+            if m.shape != mask.shape:
+                raise ValueError(
+                    f"map {tuple(m.shape)} and mask {tuple(mask.shape)} of one image differ in size"
+                )
+            regions, n_regions = local_regions(mask > 0.5)
+            self.pixel_maps.append(m.flatten().float())
+            self.pixel_regions.append(regions.flatten().to(m.device))
+            rows.append([positions[i], m.numel(), n_regions, int(labels.flatten()[i])])
+        self.pixel_images.append(torch.tensor(rows, dtype=torch.long, device=scores.device))
+
+    def pooled_pixels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Flat maps, region ids pooled over all images (0..R-1, -1 normal), region sizes, per-image rows.
+
+        Each image is counted once (DDP repeats dropped), in dataset order where indices are known.
+        """
+        if not (self.pixel and len(self.pixel_images) > 0):
+            return None
+        maps, regions = dim_zero_cat(self.pixel_maps), dim_zero_cat(self.pixel_regions).long()
+        images = dim_zero_cat(self.pixel_images).reshape(-1, 4)
+        index, n_pixels = images[:, 0], images[:, 1]
+        if bool((index >= 0).all()) and index.unique().numel() < index.numel():
+            order = torch.argsort(index, stable=True)
+            first = torch.ones_like(index, dtype=torch.bool)
+            first[1:] = index[order][1:] != index[order][:-1]
+            keep = torch.zeros_like(first)
+            keep[order[first]] = True
+            pixel_keep = torch.repeat_interleave(keep, n_pixels)
+            maps, regions, images = maps[pixel_keep], regions[pixel_keep], images[keep]
+            n_pixels = images[:, 1]
+        offsets = torch.cumsum(images[:, 2], 0) - images[:, 2]
+        pooled = torch.where(regions >= 0, regions + torch.repeat_interleave(offsets, n_pixels), regions)
+        sizes = torch.bincount(pooled[pooled >= 0], minlength=int(images[:, 2].sum()))
+        return maps, pooled, sizes, images
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        rank_zero_warn(text)
 
     def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
+        self.notes = []
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).bool()
-        # len(), not truth value: after a DDP sync the list states are single concatenated tensors
-        maps = dim_zero_cat(self.maps) if self.pixel and len(self.maps) > 0 else None
-        masks = dim_zero_cat(self.masks).bool() if maps is not None else None
         if len(self.index) > 0 and dim_zero_cat(self.index).numel() == scores.numel():
-            index = dim_zero_cat(self.index)
-            scores, labels = unique_by_index(index, scores, labels)
-            if maps is not None:
-                maps, masks = unique_by_index(index, maps, masks)
+            scores, labels = unique_by_index(dim_zero_cat(self.index), scores, labels)
+        n_defective = int(labels.sum())
+        if n_defective == 0 or n_defective == labels.numel():
+            missing = "defective" if n_defective == 0 else "normal"
+            self.note(
+                f"The test set has no {missing} image: image AUROC and F1 are reported as null "
+                f"(they compare the two classes)."
+            )
         f1, f1_threshold = f1_max(scores, labels)
         valid = threshold is not None and math.isfinite(threshold)
         self.curves = image_curves(scores, labels, threshold if valid else None)
         result: dict[str, float | int | None] = {
             "n_test": int(labels.numel()),
-            "n_defective": int(labels.sum()),
+            "n_defective": n_defective,
             "image_auroc": self.curves.auroc,
             "pixel_auroc": None,
             "pixel_aupro": None,
             "image_f1_max": f1,
             "image_f1_max_threshold": f1_threshold,
         }
-        if maps is not None:
-            result["pixel_auroc"] = binary_auroc(maps, masks)
-            result["pixel_aupro"] = pixel_aupro(maps, masks, self.fpr_limit)
+        pixels = self.pooled_pixels()
+        if pixels is not None:
+            maps, regions, sizes, images = pixels
+            empty = int(((images[:, 3] == 1) & (images[:, 2] == 0)).sum())
+            if empty:
+                self.note(
+                    f"{empty} defective test image(s) have an empty mask: their pixels count as normal "
+                    f"pixels in the pixel metrics (as in MVTec AD's evaluation); the images count as "
+                    f"defective in the image metrics."
+                )
+            if sizes.numel() == 0 or bool((regions >= 0).all()):
+                self.note(
+                    "The test masks have no defective pixel or no normal one: pixel AUROC and AUPRO are "
+                    "reported as null."
+                )
+            result["pixel_auroc"] = binary_auroc(maps, regions >= 0)
+            result["pixel_aupro"] = region_aupro(maps, regions, sizes, self.fpr_limit)
         result["threshold"] = threshold if valid else None
         at = self.curves.confusion or {}
         for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):

@@ -27,18 +27,19 @@ def test_record(
     detector: str,
     data: DataDescription | None,
     metrics: dict,
-    image_size: int | list[int],
+    geometry: dict,
     checkpoint: str | None,
     extra: dict,
 ) -> dict:
-    """metrics.json: METRIC_KEYS first, then the other metrics, where the data came from, and `extra`."""
+    """metrics.json: METRIC_KEYS first, then the other metrics, where the data came from, the model's
+    input geometry (image_size, resize, pad, tiling), and `extra`."""
     record = {
         "detector": detector,
         "category": data.category if data else None,
         "protocol": data.protocol if data else None,
         **metrics,
         "protocol_detail": data.protocol_detail if data else None,
-        "image_size": image_size,
+        **geometry,
         "root": data.root if data else None,
         "checkpoint": checkpoint,
         **extra,

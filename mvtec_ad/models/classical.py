@@ -146,6 +146,8 @@ class ClassicalModel(Detector, ResizableBuffers):
     TRUSTED_TYPES, so a crafted checkpoint cannot run code.
     """
 
+    score_from_map = False  # the score is the estimator's, of pooled features
+
     resizable_buffers = ("pipeline_skops",)
 
     def __init__(
@@ -165,6 +167,11 @@ class ClassicalModel(Detector, ResizableBuffers):
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
         """
         super().__init__(**geometry)
+        if self.tiler is not None:
+            raise ConfigError(
+                "Classical detectors score whole images from pooled features, so tiling does not apply: "
+                "leave --model.tile_size and --model.tile_stride out (tile with knn, patchcore or dfr)."
+            )
         if features not in ("direct", "deep"):
             raise ConfigError(f"--model.features must be direct or deep, got '{features}'.")
         self.features = features
@@ -205,7 +212,7 @@ class ClassicalModel(Detector, ResizableBuffers):
         normality = self.pipeline.score_samples(features.detach().cpu().double().numpy())
         return torch.from_numpy(-normality).float().to(features.device)
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         scores = self.anomaly_scores(self.embed(images))
         maps = scores.view(-1, 1, 1, 1).expand(-1, 1, *images.shape[-2:]).contiguous()
         return AnomalyOutput(scores, maps)

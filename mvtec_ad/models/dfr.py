@@ -109,9 +109,9 @@ class DFRModel(Detector):
         """Per-location L2 reconstruction error [B, 1, h, w]."""
         return (features - reconstruction).pow(2).sum(1, keepdim=True).sqrt()
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         features = self.features(images)
-        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:])
+        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:], valid)
 
     @torch.no_grad()
     def fit_statistics(self, frozen_batches: Iterable[torch.Tensor]) -> int:

@@ -184,7 +184,8 @@ class FAVAEModel(Detector):
         counts = [0] * len(self.feature_norms)
         moments = [torch.zeros(2, c, dtype=dtype, device=device) for c in self.teacher.channels]
         for batch in loader:
-            for i, f in enumerate(self.teacher(self.resize(self.pre_processor(batch.image.to(device))))):
+            images = self.network_input(self.pre_processor(batch.image.to(device)))
+            for i, f in enumerate(self.teacher(self.resize(images))):
                 f = f.to(dtype)
                 moments[i] += torch.stack([f.sum((0, 2, 3)), f.pow(2).sum((0, 2, 3))])
                 counts[i] += f.numel() // f.shape[1]
@@ -238,8 +239,8 @@ class FAVAEModel(Detector):
             amap = amap * foreground_mask(p.image, self.background, self.background_threshold)
         return amap
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
-        return self.head(self.raw_map(self.run(images)), images.shape[-2:])
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
+        return self.head(self.raw_map(self.run(images)), images.shape[-2:], valid)
 
 
 def favae_loss(p: FAVAEPass, kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
@@ -302,7 +303,7 @@ class FAVAE(GradientModule):
 
     def _step(self, batch: Batch, stage: str) -> tuple[torch.Tensor, FAVAEPass]:
         """Loss of one batch, its terms logged per epoch as {stage}_loss, {stage}_pixel, _kl, _feature."""
-        p = self.model.run(self.model.pre_processor(batch.image))
+        p = self.model.run(self.model.network_input(self.model.pre_processor(batch.image)))
         terms = favae_loss(p, self.kl_weight)
         logged = {f"{stage}_{name}": value for name, value in terms.items()}
         self.log_dict(logged, on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=stage == "val")
@@ -313,6 +314,8 @@ class FAVAE(GradientModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         _, p = self._step(batch, "val")
+        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
+            return self.detect_batch(batch).score
         return self.model.head.image_score(self.model.raw_map(p))
 
     def on_train_epoch_end(self) -> None:

@@ -79,9 +79,9 @@ class FeatureAEModel(Detector):
         """Image scores [B] of precomputed backbone features."""
         return self.head.image_score(self.error_map(features, self.reconstruct(features)))
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         features = self.features(images)
-        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:])
+        return self.head(self.error_map(features, self.reconstruct(features)), images.shape[-2:], valid)
 
 
 class FeatureAE(FrozenFeatureAutoencoder):
@@ -138,6 +138,9 @@ class FeatureAE(FrozenFeatureAutoencoder):
         scores = []
         with self.trainer.precision_plugin.forward_context():
             for batch in self._train_images:
+                if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
+                    scores.append(self(batch.image.to(self.device), batch.content).score)
+                    continue
                 features = self.frozen_features(batch, cached=self.cache_features)
                 scores.append(self.model.score_features(self.model.normalise(features)))
         return torch.cat(scores)

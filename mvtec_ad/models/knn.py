@@ -29,6 +29,7 @@ class KNNModel(Detector, ResizableBuffers):
     """Pure image-kNN detector: images in [0, 1] -> AnomalyOutput. Exportable, no Lightning inside."""
 
     resizable_buffers = ("image_bank", "patch_bank")
+    score_from_map = False  # the score is the image kNN distance (tiled: the worst tile's)
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class KNNModel(Detector, ResizableBuffers):
         self.image_bank = pooled.float()
         self.patch_bank = patches.to(self.bank_dtype)
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         pooled, patches = self.embed(images)
         # one query per image ([B, 1, D]): batched calls never loop over the batch, so it exports
         distances, neighbours = nearest_neighbours(pooled.unsqueeze(1), self.image_bank, k=self.k)
@@ -83,7 +84,9 @@ class KNNModel(Detector, ResizableBuffers):
                 for j in neighbours[:, 0].unbind(1)
             ]
         ).amin(0)
-        return AnomalyOutput(distances[:, 0].mean(1), self.head(raw.view(b, 1, h, w), images.shape[-2:]).map)
+        return AnomalyOutput(
+            distances[:, 0].mean(1), self.head(raw.view(b, 1, h, w), images.shape[-2:], valid).map
+        )
 
 
 class KNN(FitOnceModule):

@@ -19,9 +19,9 @@ from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.features.backbone import FeatureExtractor, fuse_features
 from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.coreset import greedy_coreset
-from mvtec_ad.models.components.detector import AnomalyOutput, Detector
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector, fill_outside
 from mvtec_ad.models.components.fit_once import FitOnceModule
-from mvtec_ad.models.components.map_head import AnomalyMapHead
+from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
 from mvtec_ad.models.components.nearest import nearest_neighbours
 from mvtec_ad.models.knn import BankDtype
 
@@ -103,13 +103,14 @@ class PatchCoreModel(Detector, ResizableBuffers):
         weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
         return weight * score
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         patches = self.embed(images)
         b, c, h, w = patches.shape
         queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
         distances, nearest = nearest_neighbours(queries, self.memory_bank)  # [B, P, 1]
-        raw = distances.view(b, h * w)
-        out = self.head(raw.view(b, 1, h, w), images.shape[-2:])
+        raw_map = fill_outside(distances.view(b, 1, h, w), cells_of(valid, (h, w)))  # padding: no worst patch
+        raw = raw_map.view(b, h * w)
+        out = self.head(raw_map, images.shape[-2:], valid)
         if self.reweight and self.num_neighbors > 1:
             return AnomalyOutput(self.reweighted_score(queries, raw, nearest.view(b, h * w)), out.map)
         return out

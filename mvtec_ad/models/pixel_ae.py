@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mvtec_ad.data.dataset import Batch
+from mvtec_ad.data.geometry import as_option
 from mvtec_ad.errors import ConfigError
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.gradient_module import GradientModule
-from mvtec_ad.models.components.map_head import AnomalyMapHead
+from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
 
 DOWNSAMPLING = 16  # four stride-2 stages: input sides must be multiples of this
 
@@ -86,10 +87,11 @@ class PixelAEModel(Detector):
                 its sides must be multiples of 16.
         """
         super().__init__(**geometry)
-        height, width = self.pre_processor.geometry.size
+        height, width = self.network_size
         if height % DOWNSAMPLING or width % DOWNSAMPLING:
+            option = "--model.tile_size" if self.tiler is not None else "--model.image_size"
             raise ConfigError(
-                f"--model.image_size {self.pre_processor.geometry.image_size}: pixel_ae needs sides that are "
+                f"{option} {as_option(self.network_size)}: pixel_ae needs sides that are "
                 f"multiples of {DOWNSAMPLING} (e.g. 224 or 128)."
             )
         self.edge_crop = edge_crop
@@ -125,14 +127,17 @@ class PixelAEModel(Detector):
         """Per-pixel squared error averaged over channels, edge-cropped: [B, 1, H - 2c, W - 2c]."""
         return self.crop((images - reconstruction).pow(2).mean(1, keepdim=True))
 
-    def anomaly_output(self, error: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
-        """Score from the cropped error map; the map padded back (edge values repeated) to `size`."""
+    def anomaly_output(
+        self, error: torch.Tensor, size: tuple[int, int], valid: torch.Tensor | None = None
+    ) -> AnomalyOutput:
+        """Score from the cropped error map (padding left out); the map padded back (edge values repeated) to `size`."""
         c = self.edge_crop
         full = F.pad(error, (c, c, c, c), mode="replicate") if c > 0 else error
-        return AnomalyOutput(self.head.image_score(error), self.head(full, size).map)
+        cells = cells_of(self.crop(valid) if valid is not None else None, tuple(error.shape[-2:]))
+        return AnomalyOutput(self.head.image_score(error, cells), self.head(full, size, valid).map)
 
-    def detect(self, images: torch.Tensor) -> AnomalyOutput:
-        return self.anomaly_output(self.error_map(images, self.reconstruct(images)), images.shape[-2:])
+    def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
+        return self.anomaly_output(self.error_map(images, self.reconstruct(images)), images.shape[-2:], valid)
 
 
 class PixelAE(GradientModule):
@@ -160,14 +165,16 @@ class PixelAE(GradientModule):
         self.save_hyperparameters()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        images = self.model.pre_processor(batch.image)
+        images = self.model.network_input(self.model.pre_processor(batch.image))
         loss = self.model.loss(images, self.model.reconstruct(images))
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        images = self.model.pre_processor(batch.image)
+        images = self.model.network_input(self.model.pre_processor(batch.image))
         reconstruction = self.model.reconstruct(images)
         loss = self.model.loss(images, reconstruction)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
+            return self.detect_batch(batch).score
         return self.model.head.image_score(self.model.error_map(images, reconstruction))

@@ -69,3 +69,11 @@ def test_datamodule_augments_training_images_only(tiny_root):
     augmented = [dm.train_set[0]["image"] for _ in range(3)]
     assert not torch.equal(augmented[0], augmented[1]) or not torch.equal(augmented[1], augmented[2])
     assert torch.equal(dm.dataset("features")[0]["image"], dm.dataset("features")[0]["image"])
+
+
+def test_pixel_ae_augmentation_keeps_a_non_square_canvas():
+    augment = build_augmentation("pixel_ae")
+    torch.manual_seed(0)
+    for _ in range(20):  # quarter turns are drawn 1 in 2 times the rotation applies
+        image, mask = augment(torch.rand(3, 16, 40), torch.zeros(1, 16, 40))
+        assert image.shape == (3, 16, 40) and mask.shape == (1, 16, 40)

@@ -75,18 +75,22 @@ class AnomalyModule(L.LightningModule):
         if self.trainer.datamodule is not None:
             self.data.bind_input(self.geometry)
 
-    def forward(self, images: torch.Tensor) -> AnomalyOutput:
-        return self.model(images)
+    def forward(self, images: torch.Tensor, content: torch.Tensor | None = None) -> AnomalyOutput:
+        return self.model(images, content)
+
+    def detect_batch(self, batch: Batch) -> AnomalyOutput:
+        """The model's output for a DataModule batch (on the canvas, its padding said by `content`)."""
+        return self(batch.image, batch.content)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         """Image scores of a validation batch, which the Evaluator fits the threshold on."""
-        return self(batch.image).score
+        return self.detect_batch(batch).score
 
     def test_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput:
-        return self(batch.image)
+        return self.detect_batch(batch)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict:
-        out = self(batch.image)
+        out = self.detect_batch(batch)
         threshold = self.threshold
         label = out.score >= threshold if torch.isfinite(threshold) else torch.full_like(out.score, -1)
         return {"path": batch.path, "score": out.score, "map": out.map, "label": label}

@@ -59,10 +59,17 @@ class FrozenFeatureAutoencoder(GradientModule):
                 self.frozen_features(batch, cached=True)
 
     def frozen_features(self, batch: Batch, cached: bool) -> torch.Tensor:
+        """Frozen features of the batch's network inputs (its images, or all their tiles, image by image)."""
         images = self.model.pre_processor(batch.image.to(self.device))
-        if cached:
+        tiler = self.model.tiler
+        if not cached:
+            return self.model.frozen_features(self.model.network_input(images))
+        if tiler is None:
             return self.feature_cache.get(images, batch.path, self.model.frozen_features)
-        return self.model.frozen_features(images)
+        per_image = self.feature_cache.get(
+            images, batch.path, lambda x: tiler.per_image(self.model.frozen_features(tiler.split(x)))
+        )
+        return per_image.flatten(0, 1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         features = self.model.normalise(self.frozen_features(batch, self._cache_training))
@@ -75,4 +82,6 @@ class FrozenFeatureAutoencoder(GradientModule):
         reconstruction = self.model.reconstruct(features)
         loss = F.mse_loss(reconstruction, features)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
+            return self.detect_batch(batch).score
         return self.model.head.image_score(self.model.error_map(features, reconstruction))

@@ -54,8 +54,11 @@ class FitOnceModule(AnomalyModule):
         if bool(self.fitted):
             return
         with torch.no_grad():
-            images = self.model.pre_processor(batch.image)
-            self._features.append(tuple(f.detach() for f in self.embed(images)))
+            images = self.model.network_input(self.model.pre_processor(batch.image))
+            features = tuple(f.detach() for f in self.embed(images))
+            if self.model.tiler is not None:  # one row per image, so gathering keeps dataset order
+                features = tuple(self.model.tiler.per_image(f) for f in features)
+            self._features.append(features)
         self._indices.append(batch.index)
         if self.trainer.is_last_batch:
             self._fit_once()
@@ -72,7 +75,10 @@ class FitOnceModule(AnomalyModule):
     def _fit_once(self) -> None:
         if bool(self.fitted) or self.trainer.sanity_checking or not self._indices:
             return
-        self.fit_features(*self.gathered_features())
+        features = self.gathered_features()
+        if self.model.tiler is not None:  # every tile of every image is a training sample
+            features = tuple(f.flatten(0, 1) for f in features)
+        self.fit_features(*features)
         self.fitted.fill_(True)
         self._features, self._indices = [], []
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvtec_ad.models.components.detector import AnomalyOutput
+from mvtec_ad.models.components.detector import AnomalyOutput, fill_outside
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -19,12 +19,26 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+def cells_of(valid: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """A pixel mask [B, 1, H, W] -> the cells of a [h, w] grid at least half covered by the image.
+
+    An image that covers no cell keeps all of them (a tiny image still gets a score).
+    """
+    if valid is None:
+        return None
+    # the share at each cell's centre (bilinear: exportable for any pair of sizes)
+    cells = F.interpolate(valid.float(), size=size, mode="bilinear", align_corners=False) >= 0.5
+    return cells | ~cells.flatten(1).any(1).view(-1, 1, 1, 1)
+
+
 class AnomalyMapHead(nn.Module):
     """Raw low-resolution map -> AnomalyOutput: score by the detector's rule, map upsampled and blurred.
 
     The score is taken from the raw map (top-k mean or max, as the seeds define it); the map is
     bilinearly upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as
-    is usual on MVTec AD). Being an nn.Module, it is part of every exported model.
+    is usual on MVTec AD). With a `valid` mask, cells and pixels outside the image (padding) are
+    set to the image's lowest value before the score, the upsampling and the blur, so padding
+    never raises a score or leaks into the map. Being an nn.Module, it is part of every exported model.
     """
 
     def __init__(self, sigma: float = 4.0, score: Literal["max", "topk", "mean"] = "max", top_k: int = 10):
@@ -36,8 +50,12 @@ class AnomalyMapHead(nn.Module):
             "kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False
         )
 
-    def image_score(self, raw_map: torch.Tensor) -> torch.Tensor:
-        flat = raw_map.flatten(1)
+    def image_score(self, raw_map: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The score rule over the map's cells, or over the cells `valid` [B, 1, h, w] keeps."""
+        if valid is not None and self.score_rule == "mean":
+            keep = valid.to(raw_map.dtype)
+            return (raw_map * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)
+        flat = fill_outside(raw_map, valid).flatten(1)  # lowest kept value outside: max/topk pick kept cells
         if self.score_rule == "max":
             return flat.amax(1)
         if self.score_rule == "mean":
@@ -54,6 +72,10 @@ class AnomalyMapHead(nn.Module):
         maps = F.conv2d(F.pad(maps, (pad, pad, 0, 0), mode=mode), k.view(1, 1, 1, -1))
         return F.conv2d(F.pad(maps, (0, 0, pad, pad), mode=mode), k.view(1, 1, -1, 1))
 
-    def forward(self, raw_map: torch.Tensor, size: tuple[int, int]) -> AnomalyOutput:
+    def forward(
+        self, raw_map: torch.Tensor, size: tuple[int, int], valid: torch.Tensor | None = None
+    ) -> AnomalyOutput:
+        cells = cells_of(valid, tuple(raw_map.shape[-2:]))
+        raw_map = fill_outside(raw_map, cells)
         maps = F.interpolate(raw_map, size=size, mode="bilinear", align_corners=False)
-        return AnomalyOutput(self.image_score(raw_map), self.blur(maps))
+        return AnomalyOutput(self.image_score(raw_map, cells), fill_outside(self.blur(maps), valid))

@@ -27,3 +27,20 @@ def test_blur_keeps_constant_maps_and_mass():
     assert blurred.sum().item() == pytest.approx(1.0, abs=1e-4)  # far from borders: mass kept
     assert blurred[0, 0, 32, 32] == blurred.max()
     assert gaussian_kernel1d(4.0).numel() == 33
+
+
+@pytest.mark.parametrize("rule", ["max", "topk", "mean"])
+def test_padded_cells_never_raise_the_score_or_the_map(rule):
+    # raw 8x8 map over a 32x32 input whose image covers the left 16 columns; the padding's cells
+    # hold a huge value, as a detector may give to padding it has never seen
+    torch.manual_seed(0)
+    content = torch.rand(1, 1, 8, 4)
+    raw = torch.cat([content, torch.full((1, 1, 8, 4), 100.0)], dim=3)
+    valid = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    valid[..., :16] = True
+    head = AnomalyMapHead(sigma=1.0, score=rule, top_k=4)
+    out = head(raw, (32, 32), valid)
+    alone = head(content, (32, 16))  # the image's own cells only
+    assert out.score.item() == pytest.approx(alone.score.item(), rel=1e-6)
+    assert out.map.max() <= content.max() + 1e-6  # nothing from the padding leaks in
+    assert torch.all(out.map[..., 16:] == out.map[..., :16].min())  # padding: the image's lowest value
