@@ -130,7 +130,7 @@ class Evaluator(Callback):
         self._metrics.update(outputs.score, batch.label, maps, masks, batch.index)
         maps = outputs.map if pl_module.produces_maps else None  # an image-only detector's map is a constant
         self._selection.update(
-            outputs.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask
+            outputs.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask, batch.content
         )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -69,8 +69,12 @@ class OverlaySelection:
         images: torch.Tensor,
         maps: torch.Tensor | None,
         masks: torch.Tensor,
+        content: torch.Tensor | None = None,
     ) -> None:
-        """One test batch: images [B, 3, H, W], maps / masks [B, 1, H, W] (maps None = image-only)."""
+        """One test batch: images [B, 3, H, W], maps / masks [B, 1, H, W] (maps None = image-only).
+
+        `content` [B, 2] (h, w): the part of each canvas that is the image; the padding is cut off.
+        """
         scores = scores.detach().flatten().float().cpu()  # one host sync per batch, not per image
         labels = labels.detach().flatten().long().cpu()
         if index is None:  # no dataset positions: every row is a distinct image
@@ -83,15 +87,16 @@ class OverlaySelection:
             self._seen.add(i)
 
         def candidate(i: int) -> Candidate:
+            h, w = content[i].tolist() if content is not None else images.shape[-2:]
             return Candidate(
                 score=float(scores[i]),
                 label=int(labels[i]),
                 index=int(index[i]),
                 path=paths[i],
                 # copies: a CPU view would keep its whole batch alive
-                image=images[i].detach().to("cpu", torch.float32, copy=True),
-                map=None if maps is None else maps[i, 0].detach().to("cpu", torch.float32, copy=True),
-                mask=masks[i, 0].detach().to("cpu", copy=True),
+                image=images[i, :, :h, :w].detach().to("cpu", torch.float32, copy=True),
+                map=None if maps is None else maps[i, 0, :h, :w].detach().to("cpu", torch.float32, copy=True),
+                mask=masks[i, 0, :h, :w].detach().to("cpu", copy=True),
             )
 
         normal = (fresh & (labels == 0)).nonzero().flatten().tolist()

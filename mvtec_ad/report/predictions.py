@@ -9,7 +9,8 @@ writes, in the run's log dir (lightning_logs/version_N):
     predictions/<stem>_heatmap.png      the anomaly map in JET colours (blue = the run's lowest map
                                         value, red = its highest)
     predictions/<stem>_overlay.png      the image with that heatmap blended over it
-The PNGs are at the model's input size (the image resized as the model saw it); where stems
+The PNGs are at the model's input size (the image resized as the model saw it, keep_aspect's
+padding cut off); where stems
 repeat (e.g. a glob over several folders) the parent folder's name is put in front.
 AnomalyCLI adds PredictionWriter to every `predict` run. The image size is the model's own (its
 pre-processor, built from the checkpoint's hyperparameters); the threshold and the input
@@ -78,6 +79,7 @@ class PredictionWriter(BasePredictionWriter):
         has_threshold = math.isfinite(threshold)
         maps = prediction["map"][:, 0].float().cpu()
         for i, path in enumerate(prediction["path"]):
+            h, w = batch.content[i].tolist() if batch.content is not None else maps.shape[-2:]
             index = (
                 int(batch.index[i]) if batch.index is not None and batch.index[i] >= 0 else len(self._rows)
             )
@@ -88,10 +90,11 @@ class PredictionWriter(BasePredictionWriter):
                     "label": int(prediction["label"][i]) if has_threshold else None,
                     "threshold": threshold if has_threshold else None,
                     "index": index,
-                    "map_range": (float(maps[i].min()), float(maps[i].max())),
+                    "map_range": (float(maps[i, :h, :w].min()), float(maps[i, :h, :w].max())),
                 }
             )
-            self._pictures[index] = (to_rgb_uint8(batch.image[i].float().cpu()), maps[i].half())
+            image = to_rgb_uint8(batch.image[i, :, :h, :w].float().cpu())
+            self._pictures[index] = (image, maps[i, :h, :w].half())  # the padding cut off
 
     def gathered_rows(self, trainer: L.Trainer) -> list[dict]:
         """Every process's rows, each image once (DistributedSampler pads with repeats), in dataset order."""

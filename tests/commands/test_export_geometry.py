@@ -8,12 +8,14 @@ and test runs must write the geometry into metrics.json.
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from mvtec_ad.commands.export import export_onnx
 from mvtec_ad.data.dataset import AnomalyDataset, collate_batch
+from mvtec_ad.data.samples import Sample
 from mvtec_ad.data.sources.mvtec import scan_category
 from tests.commands.test_export import ATOL, DETECTORS, RTOL, detector_class
 from tests.helpers import main_in_process, tiny_args
@@ -85,3 +87,20 @@ def test_geometry_through_fit_test_and_export(case, tiny_root, tmp_path):
     assert np.isfinite(score).all()
     torch.testing.assert_close(torch.from_numpy(score), expected.score, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(torch.from_numpy(amap), expected.map, atol=ATOL, rtol=RTOL)
+
+    if case == "patchcore-keep_aspect":  # predict on a wide image: scored on the canvas, padding cut off
+        wide = tmp_path / "new" / "wide.png"
+        wide.parent.mkdir()
+        cv2.imwrite(str(wide), cv2.resize(cv2.imread(str(samples[-1].path)), (120, 40)))
+        config = "configs/demo/patchcore.yaml"
+        main_in_process(
+            ["predict", "--config", config, "--ckpt_path", str(checkpoint), "--data.path", str(wide),
+             "--trainer.default_root_dir", str(tmp_path / "predict"), "--trainer.logger", "false"]
+        )  # fmt: skip
+        row = json.loads((tmp_path / "predict" / "predictions.json").read_text())[0]
+        heatmap = cv2.imread(str(tmp_path / "predict" / row["heatmap"]))
+        assert heatmap.shape[:2] == (27, 80)  # 40 x 120 scaled by 80 / 120 onto the 48 x 80 canvas
+        placed = AnomalyDataset([Sample(wide, -1, "unknown")], module.geometry)[0]
+        with torch.no_grad():
+            score = module(placed["image"][None], torch.tensor([placed["content"]])).score
+        assert row["score"] == pytest.approx(float(score), rel=1e-5)

@@ -115,3 +115,22 @@ def test_options_of_another_source_are_refused_naming_both(category_root):
 def test_bad_options_fail_when_constructed_before_any_file_is_read(tmp_path, option, value, message):
     with pytest.raises(ConfigError, match=message):
         AnomalyDataModule(root=tmp_path / "nowhere", category="widget", **{option: value})
+
+
+def test_test_batches_bring_masks_at_their_own_resolution_unless_told_input(category_root):
+    dm = AnomalyDataModule(root=category_root, category="widget", eval_batch_size=8)
+    dm.bind_input(InputGeometry.of([16, 24], resize="keep_aspect"))
+    dm.setup("test")
+    (batch,) = list(dm.test_dataloader())
+    assert batch.image.shape[-2:] == (16, 24)
+    assert batch.full_mask is not None and len(batch.full_mask) == len(batch)
+    for i, mask in enumerate(batch.full_mask):
+        assert tuple(mask.shape) == tuple(batch.original[i].tolist())  # the file's own size
+        assert mask.dtype == torch.uint8 and int(mask.max()) == int(batch.label[i])
+    assert batch.content.tolist() == [[16, 16]] * len(batch)  # square files fit a 16 x 24 canvas as 16 x 16
+    dm = AnomalyDataModule(root=category_root, category="widget", pixel_resolution="input")
+    dm.bind_input(InputGeometry.of(16))
+    dm.setup("test")
+    assert next(iter(dm.test_dataloader())).full_mask is None
+    with pytest.raises(ConfigError, match=r"--data.pixel_resolution must be original .* or input"):
+        AnomalyDataModule(root=category_root, category="widget", pixel_resolution="full")
