@@ -131,3 +131,22 @@ def test_every_seed_grid_pipeline_round_trips_through_skops():
             fresh = ClassicalModel(features="direct", image_size=64)
             fresh.load_state_dict(model.state_dict())
             np.testing.assert_array_equal(fresh.pipeline.score_samples(x), pipeline.score_samples(x))
+
+
+def test_classical_detectors_take_non_square_keep_aspect_input_and_refuse_tiling():
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    from mvtec_ad.errors import ConfigError
+
+    model = ClassicalModel(features="direct", image_size=[32, 80], resize="keep_aspect")
+    model.set_pipeline(
+        Pipeline([("scaler", StandardScaler()), ("svm", OneClassSVM(gamma="scale"))]).fit(
+            model.embed(torch.rand(4, 3, 32, 80))
+        )
+    )
+    out = model(torch.rand(3, 3, 50, 50), None)  # square images of another size: placed, then scored
+    assert out.score.shape == (3,) and out.map.shape == (3, 1, 50, 50) and torch.isfinite(out.score).all()
+    with pytest.raises(ConfigError, match="tiling does not apply"):
+        ClassicalModel(features="direct", image_size=64, tile_size=32)

@@ -100,6 +100,8 @@ class Detector(nn.Module):
 
     def detect_canvas(self, images: torch.Tensor, content: torch.Tensor | None = None) -> AnomalyOutput:
         """Scores and maps of canvas images whose image covers `content` (h, w) [B, 2] from the top-left."""
+        if self.pre_processor.geometry.resize == "squash":
+            content = None  # a squashed image covers its whole canvas
         valid = content_mask(content, images.shape[-2:], images.device)
         if self.tiler is None:
             return self.detect(images, valid)
