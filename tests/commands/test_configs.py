@@ -20,4 +20,3 @@ def test_demo_config_builds_its_detector(path: Path):
     assert detector.geometry.image_size == args["image_size"]
     assert detector.geometry.resize == args.get("resize", "squash")
     assert detector.model.describe_geometry().get("tile_size") == args.get("tile_size")
-
