@@ -99,15 +99,12 @@ def label_regions(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns a long tensor like `masks` with -1 on normal pixels and a global region id
     0..R-1 on defective ones, and the pixel count of every region.
     """
-    masks_np = masks.detach().to("cpu", torch.uint8).numpy()
-    ids = np.full(masks_np.shape, -1, dtype=np.int64)
-    offset = 0
-    for i, mask in enumerate(masks_np):
-        n, labels = cv2.connectedComponents(mask, connectivity=8)
-        if n > 1:
-            ids[i] = np.where(labels > 0, labels - 1 + offset, -1)
-            offset += n - 1
-    ids_t = torch.from_numpy(ids).to(masks.device)
+    ids, offset = [], 0
+    for mask in masks.reshape(-1, *masks.shape[-2:]):
+        local, n = local_regions(mask)
+        ids.append(torch.where(local >= 0, local.long() + offset, -1))
+        offset += n
+    ids_t = torch.stack(ids).reshape(masks.shape).to(masks.device)
     sizes = torch.bincount(ids_t[ids_t >= 0], minlength=offset)
     return ids_t, sizes
 
@@ -295,11 +292,8 @@ class AnomalyMetrics(Metric):
         images = dim_zero_cat(self.pixel_images).reshape(-1, 4)
         index, n_pixels = images[:, 0], images[:, 1]
         if bool((index >= 0).all()) and index.unique().numel() < index.numel():
-            order = torch.argsort(index, stable=True)
-            first = torch.ones_like(index, dtype=torch.bool)
-            first[1:] = index[order][1:] != index[order][:-1]
-            keep = torch.zeros_like(first)
-            keep[order[first]] = True
+            keep = torch.zeros_like(index, dtype=torch.bool)
+            keep[unique_by_index(index, torch.arange(len(index), device=index.device))[0]] = True
             pixel_keep = torch.repeat_interleave(keep, n_pixels)
             maps, regions, images = maps[pixel_keep], regions[pixel_keep], images[keep]
             n_pixels = images[:, 1]
