@@ -1,9 +1,23 @@
-"""Fit and test time, images/s and peak memory of the memory-bank detectors (knn, patchcore).
+"""Speed, latency, memory and quality of the memory-bank detectors (knn, patchcore) per search backend.
 
     python benchmarks/memory_bank.py --root ../shared/data --category magnetic_tile
+    python benchmarks/memory_bank.py --root ../shared/data --category magnetic_tile \\
+        --detectors patchcore --searches exact_fp32 exact_bf16 faiss
 
-Each detector runs in its own process (so peak RSS is its own) from its demo config (offline
-EfficientNet-Lite0 weights), exactly as `python -m mvtec_ad fit/test` would build it.
+Each (detector, search) runs in its own process (so peak RSS is its own) from its demo config
+(offline EfficientNet-Lite0 weights), exactly as `python -m mvtec_ad fit/test` builds it:
+fit, then test, each timed as the Trainer runs it (decoding, evaluation and plots included).
+In the same process it then measures, on the same decoded test images at the same size:
+
+  backbone_img_s  the backbone alone (the model's FeatureExtractor forward, nothing else) in
+                  batches of the test batch size: the ceiling a memory bank's test could reach
+  ratio           test_img_s / backbone_img_s (the whole test run against the backbone alone)
+  model_ms        median latency of one image through the whole model (batch 1, map included)
+  backbone_ms     the same for the backbone alone
+  recall@1        share of test patches whose nearest bank row is the one exact_fp32 finds
+                  (patchcore; the bank is the fitted one, so all backends are compared on it)
+
+faiss rows need `pip install -e '.[faiss]'`; they are skipped with a note when it is missing.
 """
 
 from __future__ import annotations
@@ -11,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,26 +35,45 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(args: argparse.Namespace) -> dict:
-    """Fit + test one detector in this process; returns the row."""
+def median_ms(fn, inputs, warmup: int = 2) -> float:
+    """Median wall time of fn(x) over inputs, in ms, after `warmup` untimed calls."""
+    for x in inputs[:warmup]:
+        fn(x)
+    times = []
+    for x in inputs:
+        start = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
+    """Fit + test one detector with one search backend in this process; returns the row."""
     import torch
     from lightning.pytorch import seed_everything
     from omegaconf import OmegaConf
 
     from mvtec_ad.commands.lightning import AnomalyTrainer
     from mvtec_ad.data.datamodule import AnomalyDataModule
+    from mvtec_ad.data.dataset import collate_batch
+    from mvtec_ad.models.components.nearest import nearest_neighbours
     from mvtec_ad.models.knn import KNN
     from mvtec_ad.models.patchcore import PatchCore
 
     seed_everything(42)
-    config = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "demo" / f"{args.one}.yaml"))
+    config = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "demo" / f"{detector}.yaml"))
     model_args = config["model"]["init_args"]
     model_args["image_size"] = args.image_size
-    if args.one == "patchcore":
+    model_args["search"] = search
+    model_args["faiss_index"] = args.faiss_index
+    model_args["faiss_nprobe"] = args.faiss_nprobe
+    if detector == "patchcore":
         model_args["coreset_ratio"] = args.coreset_ratio
-        model_args["bank_dtype"] = args.bank_dtype
-    model = {"knn": KNN, "patchcore": PatchCore}[args.one](**model_args)
-    data = AnomalyDataModule(args.root, args.category, eval_batch_size=32, train_batch_size=32)
+    model = {"knn": KNN, "patchcore": PatchCore}[detector](**model_args)
+    batch_size = 32
+    data = AnomalyDataModule(
+        args.root, args.category, eval_batch_size=batch_size, train_batch_size=batch_size
+    )
     with tempfile.TemporaryDirectory() as logs:
         trainer = AnomalyTrainer(
             max_epochs=1,
@@ -58,37 +92,64 @@ def run_one(args: argparse.Namespace) -> dict:
         trainer.test(model, datamodule=data, verbose=False)
         test_seconds = time.perf_counter() - start
     results = model.test_results
-    n_fit = len(data.train_set) + len(data.val_set)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if torch.cuda.is_available() and args.accelerator != "cpu":
-        peak_mb = max(peak_mb, torch.cuda.max_memory_allocated() / 2**20)
+    n_fit, n_test = len(data.train_set) + len(data.val_set), len(data.test_set)
+
+    # the same decoded test images (cached by the test run), on the model's device
+    net = model.model.eval()
+    device = next(net.parameters()).device
+    items = [data.test_set[i] for i in range(n_test)]
+    batches = [collate_batch(items[i : i + batch_size]) for i in range(0, n_test, batch_size)]
+    with torch.inference_mode():
+        images = [b.image.to(device) for b in batches]
+        net.extractor(images[0])  # warm-up
+        start = time.perf_counter()
+        for x in images:
+            net.extractor(net.network_input(net.pre_processor(x)))
+        backbone_seconds = time.perf_counter() - start
+        singles = [b.image[i : i + 1].to(device) for b in batches for i in range(len(b.image))]
+        singles = singles[:: max(1, len(singles) // args.latency_images)][: args.latency_images]
+        model_ms = median_ms(lambda x: net(x), singles)
+        backbone_ms = median_ms(lambda x: net.extractor(net.network_input(net.pre_processor(x))), singles)
+        recall = None
+        if detector == "patchcore":
+            queries = []
+            for x in images[:: max(1, len(images) // 4)][:4]:  # a few batches: exact_fp32 is slow
+                patches = net.embed(x)
+                queries.append(patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1]))
+            queries = torch.cat(queries)
+            _, exact = nearest_neighbours(queries, net.memory_bank)
+            _, found = net.search(queries, net.memory_bank)
+            recall = float((found[:, 0] == exact[:, 0]).float().mean())
+    backbone_img_s = n_test / backbone_seconds
     return {
-        "detector": args.one,
-        "fit_images": n_fit,
-        "test_images": len(data.test_set),
+        "detector": detector,
+        "search": net.search.describe(),
         "fit_s": fit_seconds,
-        "test_s": test_seconds,
-        "fit_img_s": n_fit / fit_seconds,
-        "test_img_s": len(data.test_set) / test_seconds,
-        "peak_rss_mb": peak_mb,
         "coreset_s": results.get("coreset_seconds"),
-        "bank": results.get("bank_patches") or results.get("bank_images"),
+        "test_s": test_seconds,
+        "test_img_s": n_test / test_seconds,
+        "backbone_img_s": backbone_img_s,
+        "ratio": (n_test / test_seconds) / backbone_img_s,
+        "model_ms": model_ms,
+        "backbone_ms": backbone_ms,
+        "peak_rss_mb": peak_mb,
         "image_auroc": results["image_auroc"],
         "pixel_auroc": results["pixel_auroc"],
         "pixel_aupro": results["pixel_aupro"],
+        "recall@1": recall,
+        "fit_images": n_fit,
+        "test_images": n_test,
+        "bank": results.get("bank_patches") or results.get("bank_images"),
     }
 
 
 def fmt(value) -> str:
     if value is None:
         return "-"
-    return (
-        f"{value:.3f}"
-        if isinstance(value, float) and value < 10
-        else f"{value:.0f}"
-        if isinstance(value, float)
-        else str(value)
-    )
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 1.5 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    return str(value)
 
 
 def main() -> None:
@@ -98,32 +159,48 @@ def main() -> None:
     parser.add_argument("--root", default="datasets/demo")
     parser.add_argument("--category", default="fabric")
     parser.add_argument("--detectors", nargs="+", default=["knn", "patchcore"])
+    parser.add_argument("--searches", nargs="+", default=["exact_fp32", "exact_bf16", "faiss"])
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--coreset_ratio", type=float, default=0.1)
-    parser.add_argument("--bank_dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument(
+        "--faiss_index", default="auto", help="faiss index_factory string (Flat, IVF256,Flat, HNSW32)"
+    )
+    parser.add_argument("--faiss_nprobe", type=int, default=16)
+    parser.add_argument("--latency_images", type=int, default=30)
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="also write the rows as JSON lines to this file")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print("ROW " + json.dumps(run_one(args)), flush=True)
+        print("ROW " + json.dumps(run_one(args, *args.one)), flush=True)
         return
 
-    rows = []
+    rows, notes = [], []
     for detector in args.detectors:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--one", detector]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
-        if line is None:
-            sys.exit(f"{detector} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(line[4:]))
+        for search in args.searches:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", detector, search]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
+            if line is None and "faiss package" in out.stderr:
+                notes.append(
+                    f"{detector} / faiss skipped: faiss is not installed (pip install -e '.[faiss]')."
+                )
+                continue
+            if line is None:
+                sys.exit(f"{detector} / {search} failed:\n{out.stderr[-3000:]}")
+            rows.append(json.loads(line[4:]))
+            print(f"{detector} / {search}: done", file=sys.stderr, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
     keys = list(rows[0])
-    print(
-        f"\n{args.root}/{args.category}, {args.image_size} px, coreset {args.coreset_ratio}, bank {args.bank_dtype}\n"
-    )
+    print(f"\n{args.root}/{args.category}, {args.image_size} px, coreset {args.coreset_ratio}\n")
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(fmt(row[k]) for k in keys) + " |")
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

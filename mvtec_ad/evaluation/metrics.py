@@ -130,17 +130,42 @@ def region_aupro(
     interpolation at `fpr_limit`, area / `fpr_limit`; sums in float64 (float32 counts stop being
     exact past 2**24 pixels). None when there is no defective or no normal pixel.
     """
-    normal = regions < 0
-    n_normal = int(normal.sum())
+    return pixel_metrics(scores, regions, sizes, fpr_limit)[1]
+
+
+def pixel_metrics(
+    scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor, fpr_limit: float = 0.3
+) -> tuple[float | None, float | None]:
+    """Pixel AUROC and AUPRO (see region_aupro) of flat pixel scores and region ids, from one sort.
+
+    Tens of millions of pixels at the masks' own resolution: one descending sort carries the
+    region ids along, and the true-positive count, the false-positive count and the overlap
+    weights are read off that order (the weights from a table of R + 1 entries, not a gather
+    over all pixels). Each is None when there is no defective or no normal pixel.
+    """
     n_regions = sizes.numel()
-    if n_regions == 0 or n_normal == 0:
-        return None
+    n_defective = int((regions >= 0).sum())
+    n_normal = regions.numel() - n_defective
+    if n_normal == 0 or n_defective == 0:
+        return None, None
     dtype = _accum_dtype(scores.device)
+    sorted_scores, order = torch.sort(scores, descending=True)
+    sorted_regions = regions[order]
+    del order
+    last = torch.ones_like(sorted_scores, dtype=torch.bool)  # last element of each run of tied scores
+    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    del sorted_scores
+    defective = sorted_regions >= 0
+    tp = torch.cumsum(defective, 0, dtype=torch.int64)[last]
+    seen = torch.arange(1, len(defective) + 1, device=defective.device)[last]
+    fpr = (seen - tp).to(dtype) / n_normal
+    auroc = float(trapezoid_to(fpr, tp.to(dtype) / n_defective, 1.0))
+    if n_regions == 0:
+        return auroc, None
     # each defective pixel carries 1 / (R * |region|): summing them gives the mean overlap
-    region_weight = torch.zeros_like(scores, dtype=dtype)
-    region_weight[~normal] = 1.0 / (n_regions * sizes[regions[~normal]].to(dtype))
-    _, (fp, pro) = cumulative_curve(scores, normal, region_weight)
-    return float(trapezoid_to(fp / n_normal, pro.clamp(max=1.0), fpr_limit) / fpr_limit)
+    weight = torch.cat([sizes.new_zeros(1).to(dtype), 1.0 / (n_regions * sizes.to(dtype))])
+    pro = torch.cumsum(weight[sorted_regions.long() + 1], 0)[last]
+    return auroc, float(trapezoid_to(fpr, pro.clamp(max=1.0), fpr_limit) / fpr_limit)
 
 
 def local_regions(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -297,9 +322,14 @@ class AnomalyMetrics(Metric):
             pixel_keep = torch.repeat_interleave(keep, n_pixels)
             maps, regions, images = maps[pixel_keep], regions[pixel_keep], images[keep]
             n_pixels = images[:, 1]
+        # each image's region ids start after the regions of the images before it; only the few
+        # defective pixels move (a per-pixel offset would cost a pass over tens of millions)
         offsets = torch.cumsum(images[:, 2], 0) - images[:, 2]
-        pooled = torch.where(regions >= 0, regions + torch.repeat_interleave(offsets, n_pixels), regions)
-        sizes = torch.bincount(pooled[pooled >= 0], minlength=int(images[:, 2].sum()))
+        defective = (regions >= 0).nonzero().squeeze(1)
+        image_of = torch.searchsorted(torch.cumsum(n_pixels, 0), defective, right=True)
+        pooled = regions.clone()
+        pooled[defective] += offsets[image_of]
+        sizes = torch.bincount(pooled[defective], minlength=int(images[:, 2].sum()))
         return maps, pooled, sizes, images
 
     def note(self, text: str) -> None:
@@ -346,8 +376,7 @@ class AnomalyMetrics(Metric):
                     "The test masks have no defective pixel or no normal one: pixel AUROC and AUPRO are "
                     "reported as null."
                 )
-            result["pixel_auroc"] = binary_auroc(maps, regions >= 0)
-            result["pixel_aupro"] = region_aupro(maps, regions, sizes, self.fpr_limit)
+            result["pixel_auroc"], result["pixel_aupro"] = pixel_metrics(maps, regions, sizes, self.fpr_limit)
         result["threshold"] = threshold if valid else None
         at = self.curves.confusion or {}
         for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):

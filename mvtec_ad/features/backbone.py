@@ -18,6 +18,9 @@ from mvtec_ad.features.weights import build_classifier, feature_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# On a CPU the backbone runs this many pixels at a time (4 images of 224 x 224): activations of a
+# few images stay in cache; a batch of 32 at once ran 2-4x slower on 2 cores (benchmarks/memory_bank.py)
+CPU_PIXELS_PER_PASS = 4 * 224 * 224
 
 
 class FeatureExtractor(nn.Module):
@@ -25,7 +28,8 @@ class FeatureExtractor(nn.Module):
 
     ImageNet normalisation happens inside (buffers), so callers pass raw [0, 1] images and the
     module stays correct when exported. `train()` never unfreezes it: BatchNorm statistics stay
-    those of the pretrained model.
+    those of the pretrained model. The body runs channels-last (oneDNN's and cuDNN's fast
+    convolution layout) and, on a CPU, a few images at a time; the features do not depend on either.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class FeatureExtractor(nn.Module):
             self._order = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.body.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
         with torch.no_grad():
@@ -73,7 +78,14 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of `self.layers`, in that order."""
-        x = (images - self.mean) / self.std
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        step = max(1, CPU_PIXELS_PER_PASS // (x.shape[-2] * x.shape[-1]))
+        if x.device.type != "cpu" or len(x) <= step or torch.jit.is_tracing():
+            return self._layers(x)
+        parts = [self._layers(x[i : i + step]) for i in range(0, len(x), step)]
+        return [torch.cat(maps) for maps in zip(*parts, strict=True)]
+
+    def _layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = self.body(x)
         if self._order is None:
             return [out[layer] for layer in self.layers]

@@ -20,7 +20,7 @@ from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead
-from mvtec_ad.models.components.nearest import nearest_neighbours
+from mvtec_ad.models.components.search import BankSearch, SearchName
 
 BankDtype = Literal["float32", "float16"]
 
@@ -40,6 +40,9 @@ class KNNModel(Detector, ResizableBuffers):
         pool_kernel: int = 3,
         sigma: float = 4.0,
         bank_dtype: BankDtype = "float32",
+        search: SearchName = "auto",
+        faiss_index: str = "auto",
+        faiss_nprobe: int = 16,
         **geometry,
     ) -> None:
         """
@@ -49,6 +52,9 @@ class KNNModel(Detector, ResizableBuffers):
             pool_kernel: 3x3 average of the patch features behind the map.
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the patch bank's memory (distances are still float32).
+            search, faiss_index, faiss_nprobe: the nearest-neighbour backend of the image bank
+                (see mvtec_ad.models.components.search); the patch search among the k neighbour
+                images (a few hundred rows each) is always exact_fp32.
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
         """
         super().__init__(**geometry)
@@ -56,6 +62,7 @@ class KNNModel(Detector, ResizableBuffers):
         self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.k = k
         self.pool_kernel = pool_kernel
+        self.search = BankSearch(search, faiss_index, faiss_nprobe)
         self.bank_dtype = getattr(torch, bank_dtype)
         self.register_buffer("image_bank", torch.empty(0, sum(self.extractor.channels)))
         self.register_buffer("patch_bank", torch.empty(0, sum(self.extractor.channels), 0, 0))
@@ -73,14 +80,14 @@ class KNNModel(Detector, ResizableBuffers):
     def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
         pooled, patches = self.embed(images)
         # one query per image ([B, 1, D]): batched calls never loop over the batch, so it exports
-        distances, neighbours = nearest_neighbours(pooled.unsqueeze(1), self.image_bank, k=self.k)
+        distances, neighbours = self.search(pooled.unsqueeze(1), self.image_bank, k=self.k)
         b, c, h, w = patches.shape
         queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
         # nearest patch among the k neighbour images, one neighbour at a time: memory stays at one
         # image's patches per query image
         raw = torch.stack(
             [
-                nearest_neighbours(queries, self.patch_bank[j].permute(0, 2, 3, 1).reshape(b, h * w, c))[0]
+                self.search(queries, self.patch_bank[j].permute(0, 2, 3, 1).reshape(b, h * w, c))[0]
                 for j in neighbours[:, 0].unbind(1)
             ]
         ).amin(0)
@@ -94,7 +101,8 @@ class KNN(FitOnceModule):
 
     Args:
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
-        **model_args: KNNModel's (backbone, layers, weights, k, pool_kernel, sigma, bank_dtype, image_size).
+        **model_args: KNNModel's (backbone, layers, weights, k, pool_kernel, sigma, bank_dtype, search,
+            faiss_index, faiss_nprobe, image_size).
     """
 
     detector_name = "knn"

@@ -22,7 +22,7 @@ from mvtec_ad.models.components.coreset import greedy_coreset
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector, fill_outside
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
-from mvtec_ad.models.components.nearest import nearest_neighbours
+from mvtec_ad.models.components.search import BankSearch, SearchName
 from mvtec_ad.models.knn import BankDtype
 
 
@@ -44,6 +44,9 @@ class PatchCoreModel(Detector, ResizableBuffers):
         sigma: float = 4.0,
         bank_dtype: BankDtype = "float32",
         coreset_seed: int = 0,
+        search: SearchName = "auto",
+        faiss_index: str = "auto",
+        faiss_nprobe: int = 16,
         **geometry,
     ) -> None:
         """
@@ -57,6 +60,12 @@ class PatchCoreModel(Detector, ResizableBuffers):
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the bank (distances are still float32).
             coreset_seed: seed of the projection and the coreset's first pick.
+            search: nearest-neighbour backend (mvtec_ad.models.components.search): exact_fp32,
+                exact_bf16 (bf16 GEMM, float32 re-rank), faiss, or auto (the default: exact_bf16
+                where bf16 runs in hardware, else exact_fp32). Any backend but exact_fp32 also
+                runs the coreset's distance updates in bf16.
+            faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
+            faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
         """
         super().__init__(**geometry)
@@ -71,6 +80,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         self.num_neighbors = num_neighbors
         self.bank_dtype = getattr(torch, bank_dtype)
         self.coreset_seed = coreset_seed
+        self.search = BankSearch(search, faiss_index, faiss_nprobe)
         self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
         self.head = AnomalyMapHead(sigma=sigma, score="max")
 
@@ -83,7 +93,10 @@ class PatchCoreModel(Detector, ResizableBuffers):
         flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
         if self.coreset_ratio < 1.0:
             n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
-            flat = flat[greedy_coreset(flat, n_select, self.projection_dim, self.coreset_seed)]
+            precision = "fp32" if self.search.backend(flat.device) == "exact_fp32" else "bf16"
+            flat = flat[
+                greedy_coreset(flat, n_select, self.projection_dim, self.coreset_seed, precision=precision)
+            ]
         self.memory_bank = flat.to(self.bank_dtype).contiguous()
 
     def reweighted_score(
@@ -98,7 +111,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         score = raw.gather(1, worst)[:, 0]
         query = queries.gather(1, worst.unsqueeze(-1).expand(-1, -1, queries.shape[-1]))  # [B, 1, D]
         neighbour = self.memory_bank[nearest.gather(1, worst)]  # [B, 1, D]
-        _, support = nearest_neighbours(neighbour, self.memory_bank, k=self.num_neighbors)  # [B, 1, n]
+        _, support = self.search(neighbour, self.memory_bank, k=self.num_neighbors)  # [B, 1, n]
         distances = (query.unsqueeze(2) - self.memory_bank[support].float()).norm(dim=-1)[:, 0]
         weight = 1.0 - torch.softmax(distances, dim=1)[:, 0]
         return weight * score
@@ -107,7 +120,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         patches = self.embed(images)
         b, c, h, w = patches.shape
         queries = patches.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        distances, nearest = nearest_neighbours(queries, self.memory_bank)  # [B, P, 1]
+        distances, nearest = self.search(queries, self.memory_bank)  # [B, P, 1]
         raw_map = fill_outside(distances.view(b, 1, h, w), cells_of(valid, (h, w)))  # padding: no worst patch
         raw = raw_map.view(b, h * w)
         out = self.head(raw_map, images.shape[-2:], valid)
@@ -122,7 +135,8 @@ class PatchCore(FitOnceModule):
     Args:
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
         **model_args: PatchCoreModel's (backbone, layers, weights, pool_kernel, coreset_ratio,
-            projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, image_size).
+            projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, search,
+            faiss_index, faiss_nprobe, image_size).
     """
 
     detector_name = "patchcore"

@@ -129,3 +129,19 @@ def test_anomaly_metrics_without_threshold_or_masks_reports_none():
     assert out["image_auroc"] == 1.0
     assert out["pixel_auroc"] is None and out["pixel_aupro"] is None
     assert out["threshold"] is None and out["precision"] is None
+
+
+def test_one_sort_pixel_metrics_equal_the_separate_ones():
+    from mvtec_ad.evaluation.metrics import label_regions, pixel_metrics
+    from tests.evaluation.test_official_pro import official_aupro
+
+    g = torch.Generator().manual_seed(9)
+    maps = (torch.rand(6, 40, 40, generator=g) * 20).round() / 20  # many ties
+    masks = torch.zeros(6, 40, 40, dtype=torch.bool)
+    masks[1, 5:15, 5:12] = masks[3, 20:30, 2:9] = masks[3, 1:4, 30:38] = True
+    maps[masks] += 0.3
+    regions, sizes = label_regions(masks)
+    auroc, aupro = pixel_metrics(maps.flatten(), regions.flatten(), sizes)
+    assert auroc == pytest.approx(binary_auroc(maps, masks), abs=1e-12)
+    assert aupro == pytest.approx(official_aupro(list(maps.numpy()), list(masks.numpy())), abs=1e-6)
+    assert auroc == pytest.approx(roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy()), abs=1e-9)

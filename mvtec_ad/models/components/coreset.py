@@ -2,16 +2,20 @@
 
 The coreset is PatchCore's greedy k-center (farthest-point) sequence on a random projection,
 computed exactly but in rounds instead of one pass over all points per pick: see greedy_coreset.
-Distances come from one matmul per chunk: ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2.
+Distances come from one matmul per chunk: ||a - b||^2 = ||a||^2 - 2 a.b + ||b||^2, in float32, or
+in bf16 with the norms inside the GEMM (search.bf16_operands), ~3x faster on CPUs with bf16 units.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+import numpy as np
 import torch
 
 from mvtec_ad.models.components.nearest import squared_distances
+from mvtec_ad.models.components.search import bf16_operands
 
 CORESET_CHUNK = 1 << 20  # row x pick distances held at once by the coreset (4 MB: stays in cache)
 CANDIDATES = 1024  # rows the coreset examines per round
@@ -35,8 +39,19 @@ def _lower_to_centres(
     centres: torch.Tensor,
     chunk_elements: int,
 ) -> None:
-    """min_sq = min(min_sq, squared distance of each row to its nearest centre), in place."""
+    """min_sq = min(min_sq, squared distance of each row to its nearest centre), in place.
+
+    float32 rows and centres use the norms `rows_sq`; bf16 ones are bf16_operands' left and
+    right operands, whose product is the squared distance itself.
+    """
     if len(centres) == 0:
+        return
+    if rows.dtype == torch.bfloat16:
+        right = centres.T.contiguous()
+        step = max(1, chunk_elements // len(centres))
+        for s in range(0, rows.shape[0], step):
+            part = (rows[s : s + step] @ right).amin(1).float().clamp_min_(0.0)
+            torch.minimum(min_sq[s : s + step], part, out=min_sq[s : s + step])
         return
     c_sq = centres.pow(2).sum(1)
     c_m2 = (centres * -2.0).T
@@ -67,6 +82,7 @@ def greedy_coreset(
     seed: int = 0,
     candidates: int = CANDIDATES,
     chunk_elements: int = CORESET_CHUNK,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> torch.Tensor:
     """Indices of `n_select` rows chosen by greedy k-center on a random projection, in pick order.
 
@@ -83,20 +99,30 @@ def greedy_coreset(
     longer updated, since they will never be picked. Should the picks come down to a parked row's
     (stale, upper-bound) distance after all, the parked rows above a lower guess are caught up
     first, so the guess only changes the speed, never the result.
+
+    precision "bf16" computes the distance updates with bf16 operands (float32 accumulation):
+    the sequence then follows bf16-rounded distances (relative error ~2^-9 of each distance)
+    and may differ from float32's in late, near-tied picks.
     """
     n = features.shape[0]
     n_select = min(max(n_select, 1), n)
     x = random_projection(features, projection_dim, seed)
     x = x - x.mean(0)  # same distances; smaller norms keep the matmul formula precise
     x_sq = x.pow(2).sum(1)
+    if precision == "bf16":
+        rows_all, centre_rows = bf16_operands(x, x.new_zeros(x.shape[1]))
+    elif precision == "fp32":
+        rows_all, centre_rows = x, x
+    else:
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
     dev = x.device
     picks = torch.full((n_select,), first, dtype=torch.long, device=dev)
     gaps = torch.full((n_select,), math.inf)  # squared distance of each pick to the earlier ones
     # active rows, their coordinates and their exact squared distance to the nearest pick (-inf: picked)
-    active, xa, xa_sq = torch.arange(n, device=dev), x, x_sq
+    active, xa, xa_sq = torch.arange(n, device=dev), rows_all, x_sq
     va = torch.full((n,), math.inf, device=dev)
-    _lower_to_centres(va, xa, xa_sq, x[first : first + 1], chunk_elements)
+    _lower_to_centres(va, xa, xa_sq, centre_rows[first : first + 1], chunk_elements)
     va[first] = -math.inf
     min_sq = va.clone()  # parked rows: the value they had at pick `parked_at`, at most `parked_max`
     parked_at = torch.zeros(n, dtype=torch.long, device=dev)
@@ -122,29 +148,34 @@ def greedy_coreset(
             starts, counts = since.unique_consecutive(return_counts=True)
             for group, start in zip(rows.split(counts.tolist()), starts.tolist(), strict=True):
                 stale = min_sq[group]
-                _lower_to_centres(stale, x[group], x_sq[group], x[picks[start:t]], chunk_elements)
+                _lower_to_centres(
+                    stale, rows_all[group], x_sq[group], centre_rows[picks[start:t]], chunk_elements
+                )
                 min_sq[group] = stale
             parked_max = float(min_sq.masked_fill(~parked | back, -math.inf).max())
             active = torch.cat([active, rows]).sort().values
-            xa, xa_sq, va = x[active], x_sq[active], min_sq[active]
+            xa, xa_sq, va = rows_all[active], x_sq[active], min_sq[active]
             continue
         outside = max(float(top[candidates]) if len(top) > candidates else -math.inf, parked_max)
         local, order = local[:candidates].sort()  # ascending rows: ties go to the lowest, as argmax
-        value = top[order].cpu()
-        between = squared_distances(xa[local], xa[local]).cpu()  # this sequential part runs on the CPU
-        accepted = []
+        # this sequential part runs in NumPy on the host: ~1 us per operation on 1024 values
+        value = top[order].cpu().numpy()
+        rows = x[active[local]]
+        between = squared_distances(rows, rows).cpu().numpy()
+        accepted, accepted_gaps = [], []
         while t + len(accepted) < n_select:
             j = int(value.argmax())
             if accepted and not value[j] > outside:
                 break
-            gaps[t + len(accepted)] = value[j]
+            accepted_gaps.append(float(value[j]))
             accepted.append(j)
-            torch.minimum(value, between[j], out=value)
+            np.minimum(value, between[j], out=value)
             value[j] = -math.inf
+        gaps[t : t + len(accepted)] = torch.tensor(accepted_gaps)
         new = local[torch.tensor(accepted, device=dev)]
         picks[t : t + len(new)] = active[new]
         t += len(new)
         if t < n_select:
-            _lower_to_centres(va, xa, xa_sq, xa[new], chunk_elements)
+            _lower_to_centres(va, xa, xa_sq, centre_rows[active[new]], chunk_elements)
             va[new] = -math.inf
     return picks

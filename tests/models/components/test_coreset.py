@@ -99,3 +99,27 @@ def test_coreset_edge_sizes():
     assert greedy_coreset(features, 0).shape == (1,)  # at least one pick
     assert sorted(greedy_coreset(features, 50).tolist()) == list(range(10))  # at most all rows
     assert greedy_coreset(features[:1], 1).tolist() == [0]
+
+
+def coverage(features: torch.Tensor, picks: torch.Tensor) -> tuple[float, float]:
+    """Largest and mean distance of a row to its nearest pick: what a k-center coreset minimises."""
+    d = torch.cdist(features.double(), features[picks].double()).amin(1)
+    return float(d.max()), float(d.mean())
+
+
+def test_bf16_coreset_covers_as_well_as_float32():
+    g = torch.Generator().manual_seed(4)
+    centres = torch.randn(40, 96, generator=g) * 6
+    features = centres[torch.randint(40, (6000,), generator=g)] + torch.randn(6000, 96, generator=g) + 20
+    exact = greedy_coreset(features, 600, projection_dim=64, seed=1)
+    fast = greedy_coreset(features, 600, projection_dim=64, seed=1, precision="bf16")
+    assert fast.shape == (600,) and len(set(fast.tolist())) == 600  # distinct rows
+    assert int(fast[0]) == int(exact[0])  # the same seeded first pick
+    (max_exact, mean_exact), (max_fast, mean_fast) = coverage(features, exact), coverage(features, fast)
+    assert max_fast <= 1.05 * max_exact and mean_fast <= 1.03 * mean_exact, (max_fast, max_exact)
+    assert torch.equal(fast, greedy_coreset(features, 600, projection_dim=64, seed=1, precision="bf16"))
+
+
+def test_coreset_precision_must_be_known():
+    with pytest.raises(ValueError, match="precision must be fp32 or bf16"):
+        greedy_coreset(torch.randn(10, 4), 3, precision="fp16")

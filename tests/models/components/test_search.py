@@ -1,0 +1,166 @@
+"""Search backends against brute force: exact ones find the same rows, approximate ones nearly all."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from mvtec_ad.errors import ConfigError, DependencyError
+from mvtec_ad.models.components.search import BankSearch, bf16_operands, faiss_spec
+from mvtec_ad.models.patchcore import PatchCoreModel
+from tests.helpers import tiny_dfr_kwargs
+
+
+def brute_force(queries, bank, k=1):
+    d = torch.cdist(queries.double(), bank.double())
+    return d.topk(k, dim=-1, largest=False)
+
+
+def clustered(n_bank, n_queries, dim=32, clusters=20, seed=0):
+    """Points around `clusters` centres, far apart: nearest neighbours are well defined."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(clusters, dim, generator=g) * 8
+    bank = centres[torch.randint(clusters, (n_bank,), generator=g)] + torch.randn(n_bank, dim, generator=g)
+    queries = centres[torch.randint(clusters, (n_queries,), generator=g)] + torch.randn(
+        n_queries, dim, generator=g
+    )
+    return queries + 3.0, bank + 3.0  # off-centre: the bf16 path centres them itself
+
+
+def nearest_gap_ok(queries, bank, rel=1e-3):
+    """Queries whose two nearest rows differ by more than `rel` (ties make 'the same row' ill-defined)."""
+    d = brute_force(queries, bank, 2).values
+    return (d[:, 1] - d[:, 0]) > rel * d[:, 0]
+
+
+def gaussian(n_bank, n_queries, dim=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_queries, dim, generator=g) + 2.0, torch.randn(n_bank, dim, generator=g) + 2.0
+
+
+@pytest.mark.parametrize("n_bank", [7, 300, 3001])  # 3001: the grouped bf16 candidates, padded columns
+@pytest.mark.parametrize("name", ["exact_fp32", "exact_bf16"])
+def test_exact_backends_find_the_brute_force_rows(name, n_bank):
+    queries, bank = gaussian(n_bank, 1000, seed=n_bank)
+    expected = brute_force(queries, bank)
+    distances, indices = BankSearch(name)(queries, bank)
+    assert indices.shape == distances.shape == (1000, 1)
+    assert torch.equal(indices, expected.indices)
+    assert int(indices.max()) < n_bank  # never a padded column
+    torch.testing.assert_close(distances.double(), expected.values, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_fp32_on_clustered_rows_and_bf16_recall_there():
+    """Tight clusters far from the bank's mean: neighbours much nearer than the norms, bf16's hard case."""
+    queries, bank = clustered(3001, 2000, seed=1)
+    expected = brute_force(queries, bank)
+    clear = nearest_gap_ok(queries, bank)
+    _, exact = BankSearch("exact_fp32")(queries, bank)
+    assert torch.equal(exact[clear], expected.indices[clear])
+    _, found = BankSearch("exact_bf16")(queries, bank)
+    assert float((found == expected.indices).float().mean()) >= 0.99
+
+
+def test_bf16_on_large_gaussian_banks_finds_the_exact_rows():
+    queries, bank = gaussian(20_000, 2000, dim=152, seed=3)  # magnetic_tile's width, a bank of 20k
+    _, indices = BankSearch("exact_bf16")(queries, bank)
+    assert torch.equal(indices, brute_force(queries, bank).indices)
+
+
+def test_bf16_distances_are_float32_distances_to_the_rows_found():
+    queries, bank = gaussian(2000, 300, dim=48, seed=5)
+    distances, indices = BankSearch("exact_bf16")(queries, bank, k=4)
+    exact = (queries.unsqueeze(1) - bank[indices]).norm(dim=-1)  # float32, from the differences
+    assert torch.equal(distances, exact)
+    assert (distances[:, 1:] >= distances[:, :-1]).all()  # ascending
+    expected = brute_force(queries, bank, 4)
+    assert torch.equal(indices, expected.indices)
+
+
+def test_bf16_batched_queries_and_per_item_banks():
+    g = torch.Generator().manual_seed(1)
+    queries, shared = torch.randn(3, 40, 16, generator=g), torch.randn(900, 16, generator=g)
+    search = BankSearch("exact_bf16")
+    distances, indices = search(queries, shared, k=2)
+    assert distances.shape == indices.shape == (3, 40, 2)
+    assert torch.equal(indices, brute_force(queries, shared, 2).indices)
+    per_item = torch.randn(3, 50, 16, generator=g)  # one bank per item (knn's neighbour images)
+    distances, indices = search(queries, per_item)
+    expected = brute_force(queries, per_item)
+    assert torch.equal(indices, expected.indices)
+    torch.testing.assert_close(distances.double(), expected.values, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_operands_multiply_to_squared_distances():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, 20, generator=g) * 5 + 10, torch.randn(25, 20, generator=g) * 5 + 10
+    centre = torch.cat([x, y]).mean(0)
+    left, _ = bf16_operands(x, centre)
+    _, right = bf16_operands(y, centre)
+    assert left.dtype == torch.bfloat16 and left.shape[1] % 16 == 0
+    got = left.float() @ right.float().T
+    expected = torch.cdist(x.double(), y.double()) ** 2
+    torch.testing.assert_close(got.double(), expected, rtol=2e-2, atol=0.5)
+
+
+def test_a_changed_bank_is_searched_not_a_stale_copy():
+    queries, bank = gaussian(800, 50, seed=7)
+    search = BankSearch("exact_bf16")
+    search(queries, bank)
+    bank.copy_(bank.flip(0))  # in place, as a checkpoint load does
+    _, indices = search(queries, bank)
+    assert torch.equal(indices, brute_force(queries, bank).indices)
+
+
+def test_unknown_search_and_bad_nprobe_name_the_option():
+    with pytest.raises(
+        ConfigError, match="--model.search must be one of auto, exact_fp32, exact_bf16, faiss"
+    ):
+        BankSearch("annoy")
+    with pytest.raises(ConfigError, match="--model.faiss_nprobe"):
+        BankSearch("exact_bf16", faiss_nprobe=0)
+
+
+def test_faiss_missing_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.raises(DependencyError, match=r"pip install -e '\.\[faiss\]'"):
+        BankSearch("faiss")
+    with pytest.raises(DependencyError, match="--model.search faiss"):
+        PatchCoreModel(**tiny_dfr_kwargs(), search="faiss", image_size=64)
+
+
+def test_faiss_auto_spec_follows_the_bank_size():
+    assert faiss_spec("auto", 500) == "Flat"
+    assert faiss_spec("auto", 48_000) == "IVF240,Flat"
+    assert faiss_spec("HNSW32", 10) == "HNSW32"
+
+
+def test_faiss_flat_is_exact():
+    pytest.importorskip("faiss")
+    queries, bank = clustered(3000, 400, seed=11)
+    distances, indices = BankSearch("faiss", faiss_index="Flat")(queries, bank, k=3)
+    expected = brute_force(queries, bank, 3)
+    clear = nearest_gap_ok(queries, bank)
+    assert torch.equal(indices[clear, 0], expected.indices[clear, 0])
+    assert torch.equal(distances, (queries.unsqueeze(1) - bank[indices]).norm(dim=-1))
+
+
+@pytest.mark.parametrize("index", ["IVF64,Flat", "HNSW32", "auto"])
+def test_faiss_approximate_indexes_recall_at_1(index):
+    pytest.importorskip("faiss")
+    queries, bank = clustered(12_000, 2000, dim=32, clusters=64, seed=13)
+    search = BankSearch("faiss", faiss_index=index, faiss_nprobe=16)
+    distances, indices = search(queries, bank)
+    expected = brute_force(queries, bank)
+    recall = float((indices[:, 0] == expected.indices[:, 0]).float().mean())
+    assert recall >= 0.99, (index, recall)
+    assert torch.equal(distances[:, 0], (queries - bank[indices[:, 0]]).norm(dim=-1))  # fp32-exact
+    assert search.describe().startswith("faiss ")
+
+
+def test_faiss_bad_index_string_names_the_option():
+    pytest.importorskip("faiss")
+    with pytest.raises(ConfigError, match="--model.faiss_index 'IVFbogus'"):
+        BankSearch("faiss", faiss_index="IVFbogus")(torch.randn(3, 8), torch.randn(100, 8))
