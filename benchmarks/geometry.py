@@ -25,6 +25,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "squash_224": ("--model.image_size", "224"),
     "keep_aspect_224": ("--model.image_size", "224", "--model.resize", "keep_aspect"),
     "keep_aspect_320": ("--model.image_size", "320", "--model.resize", "keep_aspect"),
+    "keep_aspect_384": ("--model.image_size", "384", "--model.resize", "keep_aspect"),
     "tiled_320": (
         "--model.image_size", "320", "--model.resize", "keep_aspect",
         "--model.tile_size", "160", "--model.tile_stride", "160",
@@ -38,7 +39,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 # PatchCore's coreset share at canvases with more patches than 224 x 224, so the bank (and the
 # search) stays about the 224 px one's size
-CORESET = {"keep_aspect_320": "0.05", "tiled_320": "0.05", "keep_aspect_strip": "0.1", "tiled_strip": "0.03"}
+CORESET = {
+    "keep_aspect_320": "0.05",
+    "keep_aspect_384": "0.035",
+    "tiled_320": "0.05",
+    "keep_aspect_strip": "0.1",
+    "tiled_strip": "0.03",
+}
 COLUMNS = ("image_auroc", "pixel_auroc", "pixel_aupro", "seconds", "peak_rss_mb")
 
 
