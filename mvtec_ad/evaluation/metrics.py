@@ -36,10 +36,15 @@ def cumulative_curve(scores: torch.Tensor, *weights: torch.Tensor) -> tuple[torc
     sorted_scores = scores[order]
     dtype = _accum_dtype(scores.device)
     sums = [torch.cumsum(w[order].to(dtype), 0) for w in weights]
-    # last index of each run of equal scores
+    last = run_ends(sorted_scores)
+    return sorted_scores[last], [s[last] for s in sums]
+
+
+def run_ends(sorted_scores: torch.Tensor) -> torch.Tensor:
+    """True at the last element of each run of equal sorted scores: where a threshold reads a curve."""
     last = torch.ones_like(sorted_scores, dtype=torch.bool)
     last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
-    return sorted_scores[last], [s[last] for s in sums]
+    return last
 
 
 def trapezoid_to(x: torch.Tensor, y: torch.Tensor, x_max: float) -> torch.Tensor:
@@ -143,8 +148,7 @@ def pixel_metrics(
     weights are read off that order (the weights from a table of R + 1 entries, not a gather
     over all pixels). Each is None when there is no defective or no normal pixel.
     """
-    n_regions = sizes.numel()
-    n_defective = int((regions >= 0).sum())
+    n_defective = int((regions >= 0).sum())  # defective pixels imply at least one region
     n_normal = regions.numel() - n_defective
     if n_normal == 0 or n_defective == 0:
         return None, None
@@ -152,18 +156,15 @@ def pixel_metrics(
     sorted_scores, order = torch.sort(scores, descending=True)
     sorted_regions = regions[order]
     del order
-    last = torch.ones_like(sorted_scores, dtype=torch.bool)  # last element of each run of tied scores
-    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    last = run_ends(sorted_scores)
     del sorted_scores
     defective = sorted_regions >= 0
     tp = torch.cumsum(defective, 0, dtype=torch.int64)[last]
     seen = torch.arange(1, len(defective) + 1, device=defective.device)[last]
     fpr = (seen - tp).to(dtype) / n_normal
     auroc = float(trapezoid_to(fpr, tp.to(dtype) / n_defective, 1.0))
-    if n_regions == 0:
-        return auroc, None
     # each defective pixel carries 1 / (R * |region|): summing them gives the mean overlap
-    weight = torch.cat([sizes.new_zeros(1).to(dtype), 1.0 / (n_regions * sizes.to(dtype))])
+    weight = torch.cat([sizes.new_zeros(1).to(dtype), 1.0 / (sizes.numel() * sizes.to(dtype))])
     pro = torch.cumsum(weight[sorted_regions.long() + 1], 0)[last]
     return auroc, float(trapezoid_to(fpr, pro.clamp(max=1.0), fpr_limit) / fpr_limit)
 

@@ -43,6 +43,23 @@ def _bf16_pair(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (values - hi.float()).bfloat16()
 
 
+def _bf16_parts(rows: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The pieces both bf16 operands are made of: centred rows (float32), squared norm hi, lo, ones, zero padding."""
+    x = rows.float() - centre
+    sq_hi, sq_lo = _bf16_pair((x * x).sum(-1, keepdim=True))
+    pad = (-(x.shape[-1] + 4)) % 16
+    return x, sq_hi, sq_lo, torch.ones_like(sq_hi), x.new_zeros((*x.shape[:-1], pad)).bfloat16()
+
+
+def _left_of(x, sq_hi, sq_lo, ones, zeros) -> torch.Tensor:
+    return torch.cat([x.bfloat16(), ones, ones, sq_hi, sq_lo, zeros], -1)
+
+
+def bf16_left(rows: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """The left operand of bf16_operands alone (queries: the right one would be thrown away)."""
+    return _left_of(*_bf16_parts(rows, centre))
+
+
 def bf16_operands(rows: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left and right bf16 operands L, R of rows [..., N, D] with L_i . R_j = ||x_i - x_j||^2.
 
@@ -51,14 +68,10 @@ def bf16_operands(rows: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tenso
     its bf16 rounding is relative to the distance, not to the norms. K is padded to a multiple
     of 16 (the bf16 kernels' block).
     """
-    x = rows.float() - centre
-    sq_hi, sq_lo = _bf16_pair((x * x).sum(-1, keepdim=True))
-    ones = torch.ones_like(sq_hi)
-    pad = (-(x.shape[-1] + 4)) % 16
-    zeros = x.new_zeros((*x.shape[:-1], pad)).bfloat16()
-    left = torch.cat([x.bfloat16(), ones, ones, sq_hi, sq_lo, zeros], -1)
+    parts = _bf16_parts(rows, centre)
+    x, sq_hi, sq_lo, ones, zeros = parts
     right = torch.cat([(x * -2.0).bfloat16(), sq_hi, sq_lo, ones, ones, zeros], -1)
-    return left, right
+    return _left_of(*parts), right
 
 
 class Bf16Table:
@@ -124,7 +137,7 @@ def bf16_nearest(
     block: torch.Tensor | None = None  # one score block for every chunk (fresh ones fragment the heap)
     for start in range(0, len(flat), step):
         q = flat[start : start + step]
-        left, _ = bf16_operands(q, table.centre)
+        left = bf16_left(q, table.centre)
         if block is None:
             block = left.new_empty(len(left), table.table.shape[1])
         scores = torch.mm(left, table.table, out=block[: len(left)])  # [R, N + pad] bf16 squared distances
@@ -275,5 +288,5 @@ class BankSearch:
         name = self.last_backend or self.name
         if name != "faiss":
             return name if self.name != "auto" else f"auto: {name}"
-        spec = faiss_spec(self.faiss_index, len(self._prepared.bank)) if self._prepared else self.faiss_index
+        spec = self._prepared.spec if isinstance(self._prepared, FaissIndex) else self.faiss_index
         return f"faiss {spec}, nprobe {self.faiss_nprobe}"
