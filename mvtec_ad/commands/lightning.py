@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mvtec_ad.checkpoints import check_detector_class, read_checkpoint
 from mvtec_ad.errors import CheckpointError, ConfigError
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
+from mvtec_ad.progress import with_progress_bar
 from mvtec_ad.runs import AtomicCheckpointIO, RunLogger
 
 SPECIAL_CKPT_PATHS = ("best", "last", "hpc", "registry")  # Lightning's names, not files
@@ -45,9 +46,11 @@ class AnomalyTrainer(Trainer):
 
     By default it logs with RunLogger (a version folder no concurrent run can share) and writes
     checkpoints atomically (AtomicCheckpointIO): a kill or a full disk never leaves a broken one.
+    On a terminal its loops show Rich progress bars (mvtec_ad.progress.RunProgressBar).
     """
 
-    def __init__(self, *args, logger=None, plugins=None, **kwargs) -> None:
+    def __init__(self, *args, logger=None, plugins=None, callbacks=None, **kwargs) -> None:
+        callbacks = with_progress_bar(callbacks, kwargs.get("enable_progress_bar"))
         if logger is None or logger is True:
             logger = RunLogger(save_dir=kwargs.get("default_root_dir") or os.getcwd())
         plugins = (
@@ -55,7 +58,7 @@ class AnomalyTrainer(Trainer):
         )
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        super().__init__(*args, logger=logger, plugins=plugins, **kwargs)
+        super().__init__(*args, logger=logger, plugins=plugins, callbacks=callbacks, **kwargs)
 
     def train(
         self, model: AnomalyModule, datamodule: LightningDataModule, ckpt_path: str | None = None

@@ -27,6 +27,7 @@ import numpy as np
 from mvtec_ad.data.decode import decode_image, decode_mask
 from mvtec_ad.data.samples import Sample
 from mvtec_ad.data.sources.mvtec import scan_category
+from mvtec_ad.progress import track
 
 CHANNELS = ("b", "g", "r")  # the seed's (OpenCV) channel order; decode_image gives R, G, B
 LUMA_WEIGHTS_RGB = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
@@ -156,10 +157,11 @@ class CategoryStats:
 
 
 def category_stats(root: str | Path, category: str) -> CategoryStats:
-    """Scan one category with the shared layout checks and measure its images one at a time."""
+    """Scan one category with the shared layout checks and measure its images one at a time (a
+    progress bar on a terminal)."""
     layout = scan_category(root, category, require_masks=False)
     result = CategoryStats(category, layout.defect_types)
-    for split, samples in (("train", layout.train), ("test", layout.test)):
-        for sample in samples:
-            result.add(sample, split)
+    samples = [("train", s) for s in layout.train] + [("test", s) for s in layout.test]
+    for split, sample in track(samples, f"Statistics: {category}"):
+        result.add(sample, split)
     return result

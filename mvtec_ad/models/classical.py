@@ -36,6 +36,7 @@ from mvtec_ad.features.handcrafted import direct_features
 from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
+from mvtec_ad.progress import track
 
 Estimator = Literal["ocsvm", "iforest", "lof", "elliptic"]
 
@@ -84,16 +85,21 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 
 
 def select_by_cv(
-    fit_score, params_list: list[dict], val_labels: np.ndarray, folds: Sequence[Sequence[int]]
+    fit_score,
+    params_list: list[dict],
+    val_labels: np.ndarray,
+    folds: Sequence[Sequence[int]],
+    trainer=None,
 ) -> tuple[dict, list[dict]]:
     """Hyperparameters with the best mean AUROC over the validation folds; ties keep grid order.
 
     `fit_score(params)` returns anomaly scores of the validation images for a model fitted on
-    the training features with `params`. Folds without both classes are left out.
+    the training features with `params`. Folds without both classes are left out. A progress bar
+    (mvtec_ad.progress) counts the grid's points.
     """
     usable = [f for f in folds if len(set(val_labels[list(f)].tolist())) == 2]
     table = []
-    for params in params_list:
+    for params in track(params_list, "Grid search", trainer=trainer):
         scores = torch.as_tensor(fit_score(params))
         labels = torch.as_tensor(val_labels)
         aurocs = [binary_auroc(scores[list(f)], labels[list(f)]) for f in usable]
@@ -295,7 +301,7 @@ class Classical(FitOnceModule):
                     warnings.simplefilter("ignore")  # e.g. EllipticEnvelope on near-singular covariances
                     return -make_estimator(name, params, seed, len(z_train)).fit(z_train).score_samples(z_val)
 
-            best, table = select_by_cv(fit_score, candidates, y_val, folds)
+            best, table = select_by_cv(fit_score, candidates, y_val, folds, trainer=self._trainer)
             self.selection = {**best, "grid_size": len(table), "folds": len(folds)}
         else:
             rank_zero_warn(

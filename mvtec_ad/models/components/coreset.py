@@ -9,6 +9,7 @@ in bf16 with the norms inside the GEMM (search.bf16_operands), ~3x faster on CPU
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -83,6 +84,7 @@ def greedy_coreset(
     candidates: int = CANDIDATES,
     chunk_elements: int = CORESET_CHUNK,
     precision: Literal["fp32", "bf16"] = "fp32",
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Indices of `n_select` rows chosen by greedy k-center on a random projection, in pick order.
 
@@ -103,6 +105,8 @@ def greedy_coreset(
     precision "bf16" computes the distance updates with bf16 operands (float32 accumulation):
     the sequence then follows bf16-rounded distances (relative error ~2^-9 of each distance)
     and may differ from float32's in late, near-tied picks.
+
+    `progress(picks done, n_select)`, when given, is called after every round (a progress bar).
     """
     n = features.shape[0]
     n_select = min(max(n_select, 1), n)
@@ -175,6 +179,8 @@ def greedy_coreset(
         new = local[torch.tensor(accepted, device=dev)]
         picks[t : t + len(new)] = active[new]
         t += len(new)
+        if progress is not None:
+            progress(t, n_select)
         if t < n_select:
             _lower_to_centres(va, xa, xa_sq, centre_rows[active[new]], chunk_elements)
             va[new] = -math.inf

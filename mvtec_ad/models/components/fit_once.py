@@ -21,6 +21,8 @@ from mvtec_ad.models.components.detector import Detector
 class FitOnceModule(AnomalyModule):
     """Subclasses say what a training image contributes (`embed`) and how to fit on all of it (`fit_features`)."""
 
+    fits_once = True  # its one training epoch only embeds the images (the progress bar says so)
+
     def __init__(
         self, model: Detector, threshold: ThresholdConfig | dict | None = None, num_overlays: int = 6
     ) -> None:
