@@ -18,3 +18,18 @@ def tiny_root(tmp_path_factory) -> Path:
 def category_root(tmp_path) -> Path:
     """4 train, 2 good test, crack x2 + scratch x1 defective test images with masks."""
     return make_category(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (tests/browser.py) for the report page tests; skipped, saying why, without one."""
+    from tests.browser import start_browser
+
+    try:
+        started, why = start_browser()
+    except Exception as error:  # e.g. a Chromium that cannot start here
+        started, why = None, f"Chromium did not start: {error}"
+    if started is None:
+        pytest.skip(f"report page checks need a browser: {why}")
+    yield started
+    started.close()

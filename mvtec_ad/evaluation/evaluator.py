@@ -6,7 +6,8 @@ validation  collects the image scores validation_step returns; at the epoch's en
             before the checkpoint callbacks save it
 test        feeds test_step's AnomalyOutput to AnomalyMetrics (on the module's device) and to
             the overlay selection; at the end computes every metric once, logs them, and
-            rank 0 writes metrics.json, the charts and the overlays (mvtec_ad.report)
+            rank 0 writes metrics.json, the charts and the overlays (mvtec_ad.report); every test
+            image is staged for report/index.html (mvtec_ad.report.gallery) and drawn at the end
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mvtec_ad.evaluation.metrics import AnomalyMetrics
 from mvtec_ad.evaluation.results import test_record
 from mvtec_ad.evaluation.selection import OverlaySelection
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+from mvtec_ad.report.gallery import Gallery
 from mvtec_ad.report.test_report import write_test_report
 
 
@@ -74,6 +76,7 @@ class Evaluator(Callback):
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._metrics: AnomalyMetrics | None = None
         self._selection: OverlaySelection | None = None
+        self._gallery: Gallery | None = None
         self._resolution: str | None = None
 
     # ---- validation: the operating threshold -------------------------------------------------
@@ -114,6 +117,10 @@ class Evaluator(Callback):
         pixel = pl_module.produces_maps and (data is None or data.has_masks())
         self._metrics = AnomalyMetrics(pixel=pixel).to(pl_module.device)
         self._selection = OverlaySelection(self.num_overlays)
+        if self._gallery is not None:
+            self._gallery.close()  # a test run that stopped early left its staging folder
+        # Trainer.log_dir is a broadcast: every process asks
+        self._gallery = Gallery(Path(trainer.log_dir or trainer.default_root_dir) / "report")
         if not pl_module.has_threshold():
             rank_zero_warn(
                 "No operating threshold in this model (no validation data was seen): precision, recall "
@@ -131,6 +138,9 @@ class Evaluator(Callback):
         maps = outputs.map if pl_module.produces_maps else None  # an image-only detector's map is a constant
         self._selection.update(
             outputs.score, batch.label, batch.index, batch.path, batch.image, maps, batch.mask, batch.content
+        )
+        self._gallery.add(
+            outputs.score, batch.path, batch.image, maps, batch.index, batch.content, batch.label, batch.mask
         )
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,11 +161,26 @@ class Evaluator(Callback):
         pl_module.log_dict(loggable, sync_dist=False)
         # Trainer.log_dir is a broadcast: every process must ask, not only rank 0
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        cards = self._gallery.finish(trainer, threshold)  # every process draws its own images
         if trainer.is_global_zero:
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             writer = tensorboard.experiment if tensorboard is not None else None
             path = write_test_report(
-                log_dir, self.results, self._metrics.curves, self._selection, writer, pl_module.global_step
+                log_dir,
+                self.results,
+                self._metrics.curves,
+                self._selection,
+                writer,
+                pl_module.global_step,
+                self._metrics.pixel_curves,
+                cards,
             )
+            rank_zero_info(f"Test report: {(log_dir / 'report' / 'index.html').resolve().as_uri()}")
             rank_zero_info(f"Test metrics written to {path}")
-        self._metrics = self._selection = None
+        self._metrics = self._selection = self._gallery = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if self._gallery is not None:  # nothing of a stopped run's pictures is left in its folder
+            self._gallery.close()

@@ -143,15 +143,41 @@ def pixel_metrics(
 ) -> tuple[float | None, float | None]:
     """Pixel AUROC and AUPRO (see region_aupro) of flat pixel scores and region ids, from one sort.
 
+    Each is None when there is no defective or no normal pixel.
+    """
+    curves = pixel_curves(scores, regions, sizes, fpr_limit)
+    return (None, None) if curves is None else (curves.auroc, curves.aupro)
+
+
+@dataclass(frozen=True)
+class PixelCurves:
+    """Pixel AUROC and AUPRO with the curves behind them, thinned to at most `points` for drawing."""
+
+    auroc: float
+    aupro: float
+    fpr_limit: float
+    roc: tuple[torch.Tensor, torch.Tensor]  # false- and true-positive rates over all pixels
+    pro: tuple[torch.Tensor, torch.Tensor]  # false-positive rate and mean region overlap, FPR <= fpr_limit
+
+
+def pixel_curves(
+    scores: torch.Tensor,
+    regions: torch.Tensor,
+    sizes: torch.Tensor,
+    fpr_limit: float = 0.3,
+    points: int = 2000,
+) -> PixelCurves | None:
+    """Pixel ROC and PRO curves of flat pixel scores and region ids (see region_aupro), from one sort.
+
     Tens of millions of pixels at the masks' own resolution: one descending sort carries the
     region ids along, and the true-positive count, the false-positive count and the overlap
     weights are read off that order (the weights from a table of R + 1 entries, not a gather
-    over all pixels). Each is None when there is no defective or no normal pixel.
+    over all pixels). None when there is no defective or no normal pixel.
     """
     n_defective = int((regions >= 0).sum())  # defective pixels imply at least one region
     n_normal = regions.numel() - n_defective
     if n_normal == 0 or n_defective == 0:
-        return None, None
+        return None
     dtype = _accum_dtype(scores.device)
     sorted_scores, order = torch.sort(scores, descending=True)
     sorted_regions = regions[order]
@@ -162,11 +188,21 @@ def pixel_metrics(
     tp = torch.cumsum(defective, 0, dtype=torch.int64)[last]
     seen = torch.arange(1, len(defective) + 1, device=defective.device)[last]
     fpr = (seen - tp).to(dtype) / n_normal
-    auroc = float(trapezoid_to(fpr, tp.to(dtype) / n_defective, 1.0))
+    tpr = tp.to(dtype) / n_defective
+    auroc = float(trapezoid_to(fpr, tpr, 1.0))
     # each defective pixel carries 1 / (R * |region|): summing them gives the mean overlap
     weight = torch.cat([sizes.new_zeros(1).to(dtype), 1.0 / (sizes.numel() * sizes.to(dtype))])
-    pro = torch.cumsum(weight[sorted_regions.long() + 1], 0)[last]
-    return auroc, float(trapezoid_to(fpr, pro.clamp(max=1.0), fpr_limit) / fpr_limit)
+    pro = torch.cumsum(weight[sorted_regions.long() + 1], 0)[last].clamp(max=1.0)
+    aupro = float(trapezoid_to(fpr, pro, fpr_limit) / fpr_limit)
+
+    def thin(*curve: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        keep = torch.linspace(0, len(curve[0]) - 1, min(points, len(curve[0])), device=curve[0].device)
+        keep = keep.round().long()
+        return tuple(c[keep].float().cpu() for c in curve)
+
+    within = int(torch.searchsorted(fpr, torch.tensor(fpr_limit, dtype=dtype, device=fpr.device), right=True))
+    pro_curve = thin(fpr[: max(within, 1)], pro[: max(within, 1)])
+    return PixelCurves(auroc, aupro, fpr_limit, thin(fpr, tpr), pro_curve)
 
 
 def local_regions(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -273,6 +309,7 @@ class AnomalyMetrics(Metric):
             "pixel_images", default=[], dist_reduce_fx="cat"
         )  # int64 [n, 4]: index, pixels, regions, label
         self.curves: ImageCurves | None = None
+        self.pixel_curves: PixelCurves | None = None
         self.notes: list[str] = []
 
     def update(
@@ -338,7 +375,7 @@ class AnomalyMetrics(Metric):
         rank_zero_warn(text)
 
     def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
-        self.notes = []
+        self.notes, self.pixel_curves = [], None
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).bool()
         if len(self.index) > 0 and dim_zero_cat(self.index).numel() == scores.numel():
@@ -377,7 +414,12 @@ class AnomalyMetrics(Metric):
                     "The test masks have no defective pixel or no normal one: pixel AUROC and AUPRO are "
                     "reported as null."
                 )
-            result["pixel_auroc"], result["pixel_aupro"] = pixel_metrics(maps, regions, sizes, self.fpr_limit)
+            self.pixel_curves = pixel_curves(maps, regions, sizes, self.fpr_limit)
+            if self.pixel_curves is not None:
+                result["pixel_auroc"], result["pixel_aupro"] = (
+                    self.pixel_curves.auroc,
+                    self.pixel_curves.aupro,
+                )
         result["threshold"] = threshold if valid else None
         at = self.curves.confusion or {}
         for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):

@@ -119,4 +119,4 @@ class KNN(FitOnceModule):
         rank_zero_info(f"knn: bank of {pooled.shape[0]} images x {pooled.shape[1]} values.")
 
     def extra_results(self) -> dict:
-        return {"bank_images": int(self.model.image_bank.shape[0])}
+        return {"bank_images": int(self.model.image_bank.shape[0]), "search": self.model.search.describe()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -24,6 +24,7 @@ from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
 from mvtec_ad.models.components.search import BankSearch, SearchName
 from mvtec_ad.models.knn import BankDtype
+from mvtec_ad.progress import steps
 
 
 class PatchCoreModel(Detector, ResizableBuffers):
@@ -88,14 +89,21 @@ class PatchCoreModel(Detector, ResizableBuffers):
         """Fused patch features [B, D, h, w]."""
         return fuse_features(self.extractor(images), self.pool_kernel)
 
-    def fit(self, patches: torch.Tensor) -> None:
-        """Coreset of all training patches [N, D, h, w] becomes the memory bank."""
+    def fit(self, patches: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> None:
+        """Coreset of all training patches [N, D, h, w] becomes the memory bank (`progress`: see greedy_coreset)."""
         flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
         if self.coreset_ratio < 1.0:
             n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
             precision = "fp32" if self.search.backend(flat.device) == "exact_fp32" else "bf16"
             flat = flat[
-                greedy_coreset(flat, n_select, self.projection_dim, self.coreset_seed, precision=precision)
+                greedy_coreset(
+                    flat,
+                    n_select,
+                    self.projection_dim,
+                    self.coreset_seed,
+                    precision=precision,
+                    progress=progress,
+                )
             ]
         self.memory_bank = flat.to(self.bank_dtype).contiguous()
 
@@ -151,7 +159,8 @@ class PatchCore(FitOnceModule):
 
     def fit_features(self, patches: torch.Tensor) -> None:
         start = time.perf_counter()
-        self.model.fit(patches)
+        with steps("Coreset selection", None, trainer=self._trainer) as bar:
+            self.model.fit(patches, progress=bar.advance_to)
         self.coreset_seconds = time.perf_counter() - start
         total = patches.shape[0] * patches.shape[2] * patches.shape[3]
         rank_zero_info(
@@ -160,4 +169,8 @@ class PatchCore(FitOnceModule):
         )
 
     def extra_results(self) -> dict:
-        return {"bank_patches": int(self.model.memory_bank.shape[0]), "coreset_seconds": self.coreset_seconds}
+        return {
+            "bank_patches": int(self.model.memory_bank.shape[0]),
+            "coreset_seconds": self.coreset_seconds,
+            "search": self.model.search.describe(),  # the backend the test's searches took
+        }

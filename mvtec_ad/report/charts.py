@@ -1,4 +1,4 @@
-"""Charts of a test run: ROC curve, score histogram with the threshold, confusion matrix.
+"""Charts of a test run: ROC curve, score histogram with the threshold, confusion matrix, pixel PRO curve.
 
 Each draws the `ImageCurves` the metrics computed (mvtec_ad.evaluation.metrics): a chart never
 counts again what metrics.json reports. matplotlib's Figure API on an Agg canvas: no pyplot
@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mvtec_ad.evaluation.metrics import ImageCurves
+from mvtec_ad.evaluation.metrics import ImageCurves, PixelCurves
 
 FIGURE_SIZE = (5.0, 4.0)  # inches
 DPI = 100  # so every chart is 500 x 400 pixels
@@ -59,20 +59,39 @@ def roc_figure(curves: ImageCurves) -> np.ndarray:
 
 def score_histogram(curves: ImageCurves, bins: int = 30) -> np.ndarray:
     """Image scores of normal vs defective test images on shared bins, the threshold as a vertical line."""
-    scores = curves.scores.double().numpy()
     labels = curves.labels.numpy()
-    threshold = curves.threshold
+    groups = {"normal": ~labels, "defective": labels}
+    return histogram_figure(curves.scores.double().numpy(), groups, curves.threshold, "Image scores", bins)
+
+
+def prediction_histogram(scores: np.ndarray, threshold: float | None, bins: int = 30) -> np.ndarray:
+    """The scores of a predict run (no truth: one colour per verdict), the threshold as a vertical line."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if threshold is None or not math.isfinite(threshold):
+        return histogram_figure(
+            scores, {"images": np.ones(len(scores), bool)}, math.nan, "Predicted scores", bins
+        )
+    flagged = scores >= threshold
+    groups = {"passed": ~flagged, "flagged": flagged}
+    return histogram_figure(scores, groups, threshold, "Predicted scores", bins)
+
+
+def histogram_figure(
+    scores: np.ndarray, groups: dict[str, np.ndarray], threshold: float, title: str, bins: int
+) -> np.ndarray:
+    """Histograms of `scores` split by the boolean `groups` on shared bins; the threshold (NaN = none) as a line."""
     finite = np.isfinite(scores)
-    scores, labels = scores[finite], labels[finite]
+    scores = scores[finite]
     fig = new_figure()
     ax = fig.add_subplot()
     if scores.size == 0:
-        note(ax, "no finite test scores")
+        note(ax, "no finite scores")
     else:
         # the threshold joins the range so its line is always inside the plot
         span = np.r_[scores, threshold] if math.isfinite(threshold) else scores
         edges = np.histogram_bin_edges(span, bins=bins)
-        for name, chosen, colour in (("normal", ~labels, "C0"), ("defective", labels, "C3")):
+        for (name, chosen), colour in zip(groups.items(), ("C0", "C3"), strict=False):
+            chosen = chosen[finite]
             if chosen.any():
                 ax.hist(
                     scores[chosen], bins=edges, alpha=0.6, color=colour, label=f"{name} (n={chosen.sum()})"
@@ -82,7 +101,7 @@ def score_histogram(curves: ImageCurves, bins: int = 30) -> np.ndarray:
         else:
             ax.plot([], [], " ", label="no threshold")  # a legend entry that says so
         ax.legend()
-    ax.set(title="Image scores", xlabel="anomaly score", ylabel="images")
+    ax.set(title=title, xlabel="anomaly score", ylabel="images")
     return render(fig)
 
 
@@ -119,4 +138,38 @@ def confusion_figure(curves: ImageCurves) -> np.ndarray:
         xlabel="predicted",
         ylabel="true",
     )
+    return render(fig)
+
+
+def pro_figure(curves: PixelCurves | None) -> np.ndarray:
+    """Pixel PRO curve (mean per-region overlap against pixel FPR) up to the AUPRO's FPR limit, and the
+    pixel ROC curve in the same axes; a note when the run has no pixel metrics."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    if curves is None:
+        note(ax, "no pixel metrics (an image-only detector, or masks without defective or normal pixels)")
+        ax.set(title="Pixel PRO curve", xticks=[], yticks=[])
+        return render(fig)
+    limit = curves.fpr_limit
+    fpr, pro = curves.pro
+    ax.plot(
+        np.r_[0.0, fpr.numpy()], np.r_[0.0, pro.numpy()], color="C2", label=f"PRO (AUPRO {curves.aupro:.3f})"
+    )
+    roc_fpr, tpr = curves.roc
+    within = roc_fpr.numpy() <= limit
+    ax.plot(
+        np.r_[0.0, roc_fpr.numpy()[within]],
+        np.r_[0.0, tpr.numpy()[within]],
+        color="C0",
+        linestyle=":",
+        label=f"pixel ROC (AUROC {curves.auroc:.3f})",
+    )
+    ax.set(
+        xlim=(0, limit),
+        ylim=(0, 1.02),
+        xlabel="pixel false positive rate",
+        ylabel="per-region overlap / true positive rate",
+        title=f"Pixel PRO curve to FPR {limit:g}",
+    )
+    ax.legend(loc="lower right")
     return render(fig)

@@ -57,7 +57,16 @@ def write_json(path: str | Path, data: object) -> Path:
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     """An RGB uint8 picture as PNG."""
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return save_picture(path, rgb, ".png")
+
+
+def save_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 85) -> Path:
+    """An RGB uint8 picture as JPEG (thumbnails: a tenth of a PNG's bytes)."""
+    return save_picture(path, rgb, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality])
+
+
+def save_picture(path: str | Path, rgb: np.ndarray, ext: str, params: list[int] | None = None) -> Path:
+    ok, encoded = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params or [])
     if not ok:
-        raise ValueError(f"Could not encode a {rgb.shape} picture as PNG for '{path}'.")
+        raise ValueError(f"Could not encode a {rgb.shape} picture as {ext} for '{path}'.")
     return write_atomically(path, lambda f: f.write(encoded.tobytes()))

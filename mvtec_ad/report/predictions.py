@@ -9,6 +9,9 @@ writes, in the run's log dir (lightning_logs/version_N):
     predictions/<stem>_heatmap.png      the anomaly map in JET colours (blue = the run's lowest map
                                         value, red = its highest)
     predictions/<stem>_overlay.png      the image with that heatmap blended over it
+    report/index.html                   every image's card (score, verdict), sortable, filterable,
+                                        with thumbnails and full-size panels (report.page)
+    plots/predict_histogram.png         the scores, with the threshold
 The PNGs are at the model's input size (the image resized as the model saw it, keep_aspect's
 padding cut off); where stems
 repeat (e.g. a glob over several folders) the parent folder's name is put in front.
@@ -22,48 +25,41 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections import Counter
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvtec_ad.data.dataset import Batch
+from mvtec_ad.report.charts import prediction_histogram
 from mvtec_ad.report.files import save_png, write_json, write_text
-from mvtec_ad.report.overlays import blend, colorize, to_rgb_uint8
+from mvtec_ad.report.gallery import Card, Gallery
+from mvtec_ad.report.overlays import blend
+from mvtec_ad.report.page import write_run_page
+from mvtec_ad.report.test_report import run_rows
 
 COLUMNS = ("path", "score", "label", "threshold", "heatmap", "overlay")
 
 
-def output_stems(paths: list[Path]) -> list[str]:
-    """Names for each image's PNGs: its stem; parent_stem where stems repeat; numbered if still not unique."""
-    stems = Counter(p.stem for p in paths)
-    names = [p.stem if stems[p.stem] == 1 else f"{p.parent.name}_{p.stem}" for p in paths]
-    repeated, seen = Counter(names), Counter()
-    unique = []
-    for name in names:
-        seen[name] += 1
-        unique.append(name if repeated[name] == 1 else f"{name}_{seen[name]}")
-    return unique
-
-
 class PredictionWriter(BasePredictionWriter):
-    """Collects each batch's scores and maps; at the end of predict writes the PNGs and the CSV/JSON tables.
+    """Stages each batch's images and maps (report.gallery); at the end of predict writes the PNGs,
+    report/index.html and the CSV/JSON tables.
 
     All heatmaps of a run share one colour range, [min, max] of all its maps (as the test
-    overlays): colours compare across the images of a run, not across runs. Maps wait in memory
-    until then, in float16 with the 8-bit image (5 bytes per pixel: ~250 KB per 224 px image).
+    overlays): colours compare across the images of a run, not across runs. Maps wait on disk
+    until then (the gallery's staging folder), not in memory.
     """
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self._rows: list[dict] = []
-        self._pictures: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gallery: Gallery | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._rows, self._pictures = [], {}
+        if self._gallery is not None:
+            self._gallery.close()
+        # Trainer.log_dir is a broadcast: every process asks
+        self._gallery = Gallery(Path(trainer.log_dir or trainer.default_root_dir) / "report")
 
     def write_on_batch_end(
         self,
@@ -75,54 +71,57 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        threshold = float(pl_module.threshold)
-        has_threshold = math.isfinite(threshold)
-        maps = prediction["map"][:, 0].float().cpu()
-        for i, path in enumerate(prediction["path"]):
-            h, w = batch.content[i].tolist() if batch.content is not None else maps.shape[-2:]
-            index = (
-                int(batch.index[i]) if batch.index is not None and batch.index[i] >= 0 else len(self._rows)
-            )
-            self._rows.append(
-                {
-                    "path": str(path),
-                    "score": float(prediction["score"][i]),
-                    "label": int(prediction["label"][i]) if has_threshold else None,
-                    "threshold": threshold if has_threshold else None,
-                    "index": index,
-                    "map_range": (float(maps[i, :h, :w].min()), float(maps[i, :h, :w].max())),
-                }
-            )
-            image = to_rgb_uint8(batch.image[i, :, :h, :w].float().cpu())
-            self._pictures[index] = (image, maps[i, :h, :w].half())  # the padding cut off
-
-    def gathered_rows(self, trainer: L.Trainer) -> list[dict]:
-        """Every process's rows, each image once (DistributedSampler pads with repeats), in dataset order."""
-        rows = self._rows
-        if trainer.world_size > 1:
-            parts: list[list[dict]] = [[] for _ in range(trainer.world_size)]
-            torch.distributed.all_gather_object(parts, rows)
-            rows = [row for part in parts for row in part]
-        return sorted({row["index"]: row for row in rows}.values(), key=lambda row: row["index"])
+        self._gallery.add(
+            prediction["score"],
+            list(prediction["path"]),
+            batch.image,
+            prediction["map"],
+            batch.index,
+            batch.content,
+        )
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = self.gathered_rows(trainer)
-        if not rows:
-            return
+        threshold = float(pl_module.threshold)
+        threshold = threshold if math.isfinite(threshold) else None
         folder = Path(trainer.log_dir or trainer.default_root_dir)
-        vmin = min(row["map_range"][0] for row in rows)
-        vmax = max(row["map_range"][1] for row in rows)
-        for row, stem in zip(rows, output_stems([Path(row["path"]) for row in rows]), strict=True):
-            row["heatmap"] = f"predictions/{stem}_heatmap.png"
-            row["overlay"] = f"predictions/{stem}_overlay.png"
-            if row["index"] in self._pictures:  # predicted by this process
-                image, amap = self._pictures[row["index"]]
-                heatmap = colorize(amap.float(), vmin, vmax)
-                save_png(folder / row["heatmap"], heatmap)
-                save_png(folder / row["overlay"], blend(image, heatmap))
-        self._pictures = {}
-        if trainer.is_global_zero:
-            self.write_tables(rows, folder)
+
+        def also_in_predictions(card: Card, image, heatmap) -> None:
+            save_png(folder / f"predictions/{card.name}_heatmap.png", heatmap)
+            save_png(folder / f"predictions/{card.name}_overlay.png", blend(image, heatmap))
+
+        cards = self._gallery.finish(trainer, threshold, on_picture=also_in_predictions)
+        self._gallery = None
+        if not cards or not trainer.is_global_zero:
+            return
+        rows = [
+            {
+                "path": card.path,
+                "score": card.score,
+                "label": card.verdict(threshold),
+                "threshold": threshold,
+                "heatmap": f"predictions/{card.name}_heatmap.png",
+                "overlay": f"predictions/{card.name}_overlay.png",
+            }
+            for card in cards
+        ]
+        self.write_tables(rows, folder)
+        record = {"detector": pl_module.detector_name, **pl_module.model.describe_geometry()}
+        record["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        charts = [("score histogram", "../plots/predict_histogram.png")]
+        save_png(
+            folder / "plots/predict_histogram.png", prediction_histogram([c.score for c in cards], threshold)
+        )
+        page = write_run_page(
+            folder / "report",
+            "predict",
+            run_rows(record, threshold, len(cards)),
+            None,
+            [],
+            charts,
+            cards,
+            threshold,
+        )
+        rank_zero_info(f"Prediction report: {page.resolve().as_uri()}")
 
     @staticmethod
     def write_tables(rows: list[dict], folder: Path) -> None:

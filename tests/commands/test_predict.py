@@ -23,7 +23,7 @@ from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import Sample, find_images
 from mvtec_ad.errors import DataError
 from mvtec_ad.models.knn import KNN
-from mvtec_ad.report.predictions import output_stems
+from mvtec_ad.report.gallery import output_stems
 from tests.helpers import TEST_IMAGE_SIZE, cli, datamodule, main_in_process, tiny_args
 
 SOURCE = Path("washer") / "test" / "crack" / "000.png"  # a test image of the tiny set

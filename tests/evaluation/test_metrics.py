@@ -145,3 +145,25 @@ def test_one_sort_pixel_metrics_equal_the_separate_ones():
     assert auroc == pytest.approx(binary_auroc(maps, masks), abs=1e-12)
     assert aupro == pytest.approx(official_aupro(list(maps.numpy()), list(masks.numpy())), abs=1e-6)
     assert auroc == pytest.approx(roc_auc_score(masks.flatten().numpy(), maps.flatten().numpy()), abs=1e-9)
+
+
+def test_pixel_curves_draw_what_the_metrics_report():
+    from mvtec_ad.evaluation.metrics import label_regions, pixel_curves, pixel_metrics, trapezoid_to
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(4, 50, 50, generator=g)
+    masks = torch.zeros(4, 50, 50, dtype=torch.bool)
+    masks[0, 10:20, 10:20] = masks[2, 30:45, 5:9] = True
+    maps[masks] += 0.4
+    regions, sizes = label_regions(masks)
+    curves = pixel_curves(maps.flatten(), regions.flatten(), sizes, fpr_limit=0.3, points=200)
+    assert (curves.auroc, curves.aupro) == pixel_metrics(maps.flatten(), regions.flatten(), sizes)
+    fpr, pro = curves.pro
+    assert len(fpr) <= 200 and float(fpr.max()) <= 0.3 + 1e-6 and bool((fpr[1:] >= fpr[:-1]).all())
+    assert 0.5 < float(pro[-1]) <= 1.0 and bool((pro[1:] >= pro[:-1]).all())
+    # the thinned curve still integrates to about the exact AUPRO
+    assert float(trapezoid_to(fpr.double(), pro.double(), 0.3) / 0.3) == pytest.approx(curves.aupro, abs=0.01)
+    roc_fpr, tpr = curves.roc
+    assert float(roc_fpr[-1]) == 1.0 and float(tpr[-1]) == 1.0
+    no_defect = pixel_curves(maps.flatten(), torch.full((maps.numel(),), -1), sizes[:0])
+    assert no_defect is None

@@ -80,7 +80,7 @@ def test_fit_test_writes_sane_metrics(trained):
     k = model.evaluator.num_overlays  # per group: worst-scored normals, best- and worst-scored defects
     assert len(overlays) == min(k, 4) + min(2 * k, 8)  # 4 good and 8 defective test images
     charts = {p.name for p in (Path(log_dir) / "plots").iterdir()}
-    assert charts == {"roc.png", "histogram.png", "confusion.png"}
+    assert charts == {"roc.png", "pro.png", "histogram.png", "confusion.png"}
 
 
 def test_tensorboard_has_test_metrics_and_overlays(trained):

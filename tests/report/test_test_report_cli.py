@@ -17,7 +17,7 @@ def test_knn_train_writes_charts_and_overlays_to_disk_and_tensorboard(tiny_root,
     assert metrics["n_test"] == 12 and metrics["threshold"] is not None
 
     chart_shape = (int(FIGURE_SIZE[1] * DPI), int(FIGURE_SIZE[0] * DPI), 3)
-    for name in ("roc", "histogram", "confusion"):
+    for name in ("roc", "pro", "histogram", "confusion"):
         chart = cv2.imread(str(run_dir / "plots" / f"{name}.png"))
         assert chart is not None and chart.shape == chart_shape, name
         assert chart.std() > 10, name  # something is drawn
@@ -34,7 +34,7 @@ def test_knn_train_writes_charts_and_overlays_to_disk_and_tensorboard(tiny_root,
     assert panel.shape[1] == 4 * shown and panel.shape[0] > shown  # image | heatmap | predicted | truth
 
     images = set(events(run_dir).Tags()["images"])
-    assert {"test/roc", "test/histogram", "test/confusion"} <= images
+    assert {"test/roc", "test/pro", "test/histogram", "test/confusion"} <= images
     assert {f"test_overlays/{g}_{r:02d}" for g in GROUPS for r in (0, 1)} <= images
 
 
@@ -44,7 +44,18 @@ def test_two_process_test_run_writes_the_pictures_once(tiny_root, tmp_path):
     cli("train", *tiny_args("configs/demo/knn.yaml", tiny_root, tmp_path, *extra))
     (run_dir,) = tmp_path.glob("lightning_logs/version_*")  # rank 0 alone writes, into one version
     assert json.loads((run_dir / "metrics.json").read_text())["n_test"] == 12
-    assert {p.name for p in (run_dir / "plots").iterdir()} == {"roc.png", "histogram.png", "confusion.png"}
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {
+        "roc.png",
+        "pro.png",
+        "histogram.png",
+        "confusion.png",
+    }
     # rank 0 picks among its own images: one per group
     names = [p.name for p in (run_dir / "overlays").iterdir()]
     assert sorted(n[: n.index("_00_")] for n in names) == sorted(GROUPS)
+    # the report page holds every test image once, each process having drawn its own
+    page = (run_dir / "report" / "index.html").read_text()
+    assert page.count('<figure class="card"') == 12
+    assert len(list((run_dir / "report" / "thumbs").iterdir())) == 12
+    assert len(list((run_dir / "report" / "full").glob("*_truth.jpg"))) == 12
+    assert not list((run_dir / "report").glob(".staging-*"))  # staging removed on both processes
