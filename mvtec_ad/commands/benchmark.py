@@ -1,4 +1,4 @@
-"""`python -m mvtec_ad benchmark`: train and test every config on every category; results.csv + results.md.
+"""`python -m mvtec_ad benchmark`: train and test every config on every category; results.csv, .md, .html.
 
     python -m mvtec_ad benchmark --configs configs/dfr.yaml configs/patchcore.yaml \\
         --data.root datasets/mvtec --categories all --out results/results.csv [--trainer.max_epochs 50 ...]
@@ -39,6 +39,8 @@ from mvtec_ad.commands.benchmark_table import (
 )
 from mvtec_ad.data.sources.mvtec import resolve_categories
 from mvtec_ad.errors import ConfigError
+from mvtec_ad.progress import steps
+from mvtec_ad.report.results_page import html_path
 
 PASS_THROUGH_PREFIXES = ("--data.", "--trainer.", "--model.", "--seed_everything")
 SET_BY_BENCHMARK = {
@@ -97,7 +99,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--out",
         default="results.csv",
-        help="results CSV (default results.csv); results.md is written beside it, the runs under <its folder>/runs",
+        help="results CSV (default results.csv); results.md and results.html (a page linking each run's report) are written beside it, the runs under <its folder>/runs",
     )
     args, overrides = parser.parse_known_args(argv)
     problem = pass_through_problem(overrides)
@@ -341,22 +343,25 @@ def run_unlocked(plan: Sequence[PlannedRun], csv_path: Path) -> list[Row]:
 
     n_to_run = sum(not is_finished(rows.get(run.key)) for run in plan)
     durations: list[float] = []
-    for i, run in enumerate(plan, 1):
-        prefix = f"[{i}/{len(plan)}] {Path(run.config).stem} {run.category} ..."
-        if is_finished(rows.get(run.key)):
-            print(f"{prefix} skipped (ok in {csv_path})", flush=True)
-            continue
-        print(prefix, end=" ", flush=True)
-        try:
-            rows[run.key] = row = run_row(run)
-        except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: this row is not recorded
-            print("interrupted; rerun the same command to resume from here", flush=True)
-            raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
-        write_results(csv_path, table_order())
-        durations.append(float(row["seconds"]))
-        left = n_to_run - len(durations)
-        eta = f" (ETA {format_duration(left * sum(durations) / len(durations))})" if left else ""
-        print(f"{row['status']} {format_duration(float(row['seconds']))}{eta}", flush=True)
+    # Rich's bar (on a terminal only) keeps these lines above it
+    with steps("Benchmark runs", n_to_run) as bar:
+        for i, run in enumerate(plan, 1):
+            prefix = f"[{i}/{len(plan)}] {Path(run.config).stem} {run.category} ..."
+            if is_finished(rows.get(run.key)):
+                print(f"{prefix} skipped (ok in {csv_path})", flush=True)
+                continue
+            print(prefix, end=" ", flush=True)
+            try:
+                rows[run.key] = row = run_row(run)
+            except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C or SIGTERM: this row is not recorded
+                print("interrupted; rerun the same command to resume from here", flush=True)
+                raise SystemExit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
+            write_results(csv_path, table_order())
+            durations.append(float(row["seconds"]))
+            left = n_to_run - len(durations)
+            eta = f" (ETA {format_duration(left * sum(durations) / len(durations))})" if left else ""
+            print(f"{row['status']} {format_duration(float(row['seconds']))}{eta}", flush=True)
+            bar.advance()
     write_results(csv_path, table_order())  # also when every row was skipped
     return [rows[k] for k in planned_keys]
 
@@ -375,7 +380,8 @@ def main(argv: Sequence[str]) -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     rows = run_benchmark(plan, csv_path)
     failed = [row for row in rows if row["status"] != OK]
-    print(f"{len(rows) - len(failed)}/{len(rows)} runs ok. Results: {csv_path}, {markdown_path(csv_path)}")
+    pages = f"{markdown_path(csv_path)}, {html_path(csv_path).resolve().as_uri()}"
+    print(f"{len(rows) - len(failed)}/{len(rows)} runs ok. Results: {csv_path}, {pages}")
     if failed:
         print(f"{len(failed)} failed: see the status column and train.log in each run folder.")
         sys.exit(1)

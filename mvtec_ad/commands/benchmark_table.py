@@ -1,4 +1,4 @@
-"""The benchmark's results: one row per (config, category) run, a mean row per config, CSV and markdown.
+"""The benchmark's results: one row per (config, category) run, a mean row per config, CSV, markdown, HTML.
 
 results.csv is also the resume state: a (config, category) row with status `ok` is finished and is
 never run again; a failed or missing row runs on the next invocation. Both files are rewritten
@@ -16,6 +16,7 @@ from pathlib import Path
 from mvtec_ad.errors import ConfigError
 from mvtec_ad.evaluation.results import METRIC_KEYS
 from mvtec_ad.report.files import write_text
+from mvtec_ad.report.results_page import write_results_page
 
 Row = dict[str, str | float | int | None]
 
@@ -223,6 +224,7 @@ def markdown_path(csv_path: Path) -> Path:
 
 
 def write_results(csv_path: Path, rows: Sequence[Row]) -> None:
-    """Write results.csv (rows + mean rows) and results.md beside it."""
+    """Write results.csv (rows + mean rows), results.md and results.html (report.results_page) beside it."""
     write_text(csv_path, csv_text(rows_with_means(rows)))
     write_text(markdown_path(csv_path), markdown_text(rows))
+    write_results_page(csv_path, rows)

@@ -115,6 +115,12 @@ def test_benchmark_records_failures_and_resumes_without_redoing_finished_rows(ti
     assert "| **mean** | mean of 2 ok of 2 categories |" in markdown
     assert fabric["command"] in markdown
 
+    # results.html links each ok run's report page, which the run wrote, and each failed run's log
+    page = out.with_suffix(".html").read_text()
+    report = "runs/knn/fabric/lightning_logs/version_0/report/index.html"
+    assert f'href="{report}"' in page and (out.parent / report).is_file()
+    assert 'href="runs/broken/washer/train.log"' in page
+
 
 def test_benchmark_names_an_unknown_category_before_running(tiny_root, tmp_path, capsys):
     out = tmp_path / "results.csv"
