@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from mvtec_ad.progress import track
 from mvtec_ad.report.files import save_jpeg, save_png
@@ -163,12 +165,14 @@ class Gallery:
         vmin = min((r[0] for r in ranges), default=0.0)
         vmax = max((r[1] for r in ranges), default=1.0)
         own = [c for c in cards if c.index in self._staged]
+        start = time.perf_counter()
         for card in track(own, "Report pictures", trainer=trainer):
             with np.load(self._staged[card.index], allow_pickle=False) as staged:
                 arrays = {key: staged[key] for key in staged.files}
             heatmap = self.draw(card, arrays, threshold, vmin, vmax)
             if on_picture is not None:
                 on_picture(card, arrays["image"], heatmap)
+        rank_zero_info(f"Report pictures: {len(own)} images drawn in {time.perf_counter() - start:.1f} s.")
         for card in cards:  # every process names the same files; only their images' were drawn here
             card.files = self.file_names(card, threshold)
         self.close()
