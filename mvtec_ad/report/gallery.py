@@ -95,6 +95,7 @@ class Gallery:
         self.cards: dict[int, Card] = {}
         self._staged: dict[int, Path] = {}
         self._staging: Path | None = None
+        self._next_position = 0  # for images without a dataset position: one past the largest seen
 
     def add(
         self,
@@ -120,9 +121,10 @@ class Gallery:
         truth = labels.detach().flatten().tolist() if labels is not None else [None] * len(paths)
         for i, position in enumerate(positions):
             if position < 0:  # no dataset position: the next free one
-                position = max(self.cards, default=-1) + 1
+                position = self._next_position
             if position in self.cards:
                 continue
+            self._next_position = max(self._next_position, position + 1)
             h, w = content[i].tolist() if content is not None else images.shape[-2:]
             amap = None if maps is None else maps[i, 0, :h, :w].detach().float().cpu()
             arrays = {"image": to_rgb_uint8(images[i, :, :h, :w].detach().float().cpu())}
@@ -155,8 +157,9 @@ class Gallery:
     def finish(self, trainer: L.Trainer | None, threshold: float | None, on_picture=None) -> list[Card]:
         """Draw this process's staged images into the report folder; every card of the run, named.
 
-        Every process must call it (it gathers under DDP). `on_picture(card, image, heatmap)`, when
-        given, also receives each drawn image and heatmap (RGB uint8; heatmap None without a map).
+        Every process must call it (it gathers under DDP). `on_picture(card, image, heatmap, overlay)`,
+        when given, also receives each drawn image, its coloured map and the image with the map
+        blended over it (RGB uint8; heatmap and overlay None without a map).
         """
         cards = self.gathered_cards(trainer)
         for card, name in zip(cards, output_stems([Path(c.path) for c in cards]), strict=True):
@@ -169,9 +172,9 @@ class Gallery:
         for card in track(own, "Report pictures", trainer=trainer):
             with np.load(self._staged[card.index], allow_pickle=False) as staged:
                 arrays = {key: staged[key] for key in staged.files}
-            heatmap = self.draw(card, arrays, threshold, vmin, vmax)
+            heatmap, overlay = self.draw(card, arrays, threshold, vmin, vmax)
             if on_picture is not None:
-                on_picture(card, arrays["image"], heatmap)
+                on_picture(card, arrays["image"], heatmap, overlay)
         rank_zero_info(f"Report pictures: {len(own)} images drawn in {time.perf_counter() - start:.1f} s.")
         for card in cards:  # every process names the same files; only their images' were drawn here
             card.files = self.file_names(card, threshold)
@@ -190,17 +193,17 @@ class Gallery:
 
     def draw(
         self, card: Card, arrays: dict[str, np.ndarray], threshold: float | None, vmin: float, vmax: float
-    ) -> np.ndarray | None:
-        """Write one image's files (see the module docstring); its heatmap (None without a map)."""
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Write one image's files (see the module docstring); its heatmap and overlay (None without a map)."""
         files = self.file_names(card, threshold)
         image = arrays["image"]
         save_png(self.report_dir / files["image"], image)
-        heatmap = shown = None
+        heatmap = overlay = None
         if "map" in arrays:
             amap = torch.from_numpy(arrays["map"].astype(np.float32))
             heatmap = colorize(amap, vmin, vmax)
-            shown = blend(image, heatmap)
-            save_jpeg(self.report_dir / files["heatmap"], shown, FULL_QUALITY)
+            overlay = blend(image, heatmap)
+            save_jpeg(self.report_dir / files["heatmap"], overlay, FULL_QUALITY)
             if "predicted" in files:
                 predicted = predicted_mask(amap, card.score, threshold)
                 marked = tint(image, predicted.numpy().astype(np.uint8), PREDICTED_COLOUR)
@@ -208,8 +211,8 @@ class Gallery:
         if "truth" in files:
             mask = arrays.get("mask", np.zeros(image.shape[:2], np.uint8))
             save_jpeg(self.report_dir / files["truth"], tint(image, mask, GROUND_TRUTH_COLOUR), FULL_QUALITY)
-        save_jpeg(self.report_dir / files["thumb"], thumbnail(shown if shown is not None else image))
-        return heatmap
+        save_jpeg(self.report_dir / files["thumb"], thumbnail(overlay if overlay is not None else image))
+        return heatmap, overlay
 
     def close(self) -> None:
         """Remove the staging folder (also when a run stops early)."""

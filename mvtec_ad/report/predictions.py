@@ -35,7 +35,6 @@ from mvtec_ad.data.dataset import Batch
 from mvtec_ad.report.charts import prediction_histogram
 from mvtec_ad.report.files import save_png, write_json, write_text
 from mvtec_ad.report.gallery import Card, Gallery
-from mvtec_ad.report.overlays import blend
 from mvtec_ad.report.page import write_run_page
 from mvtec_ad.report.test_report import run_rows
 
@@ -85,9 +84,9 @@ class PredictionWriter(BasePredictionWriter):
         threshold = threshold if math.isfinite(threshold) else None
         folder = Path(trainer.log_dir or trainer.default_root_dir)
 
-        def also_in_predictions(card: Card, image, heatmap) -> None:
+        def also_in_predictions(card: Card, image, heatmap, overlay) -> None:  # the gallery's own pictures
             save_png(folder / f"predictions/{card.name}_heatmap.png", heatmap)
-            save_png(folder / f"predictions/{card.name}_overlay.png", blend(image, heatmap))
+            save_png(folder / f"predictions/{card.name}_overlay.png", overlay)
 
         cards = self._gallery.finish(trainer, threshold, on_picture=also_in_predictions)
         self._gallery = None
@@ -122,6 +121,12 @@ class PredictionWriter(BasePredictionWriter):
             threshold,
         )
         rank_zero_info(f"Prediction report: {page.resolve().as_uri()}")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if self._gallery is not None:  # nothing of a stopped run's pictures is left in its folder
+            self._gallery.close()
 
     @staticmethod
     def write_tables(rows: list[dict], folder: Path) -> None:

@@ -109,3 +109,12 @@ def test_an_image_only_detector_gets_image_and_truth_panels(tmp_path):
     assert [c.outcome(1.5) for c in cards] == ["TN", "TP"]
     thumb = cv2.imread(str(tmp_path / "report" / cards[0].files["thumb"]))
     assert thumb.shape == (20, 40, 3) and abs(int(thumb.mean()) - 128) <= 2  # the grey image itself
+
+
+def test_images_without_a_dataset_position_are_numbered_in_order(tmp_path):
+    gallery = Gallery(tmp_path / "report")
+    for first in (0, 2):
+        data = batch([1.0, 2.0], [0.0, 1.0], [0, 0], [f"{first}.png", f"{first + 1}.png"])
+        gallery.add(**(data | {"index": None}))
+    cards = gallery.finish(None, threshold=None)
+    assert [c.index for c in cards] == [0, 1, 2, 3] and [c.name for c in cards] == ["0", "1", "2", "3"]
