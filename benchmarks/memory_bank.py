@@ -12,6 +12,9 @@ In the same process it then measures, on the same decoded test images at the sam
   backbone_img_s  the backbone alone (the model's FeatureExtractor forward, nothing else) in
                   batches of the test batch size: the ceiling a memory bank's test could reach
   ratio           test_img_s / backbone_img_s (the whole test run against the backbone alone)
+  model_img_s     the whole model (backbone, search, map) on the same batches: no decoding,
+                  evaluation or report, which every detector shares
+  model_ratio     model_img_s / backbone_img_s: what the search costs on top of the backbone
   model_ms        median latency of one image through the whole model (batch 1, map included)
   backbone_ms     the same for the backbone alone
   recall@1        share of test patches whose nearest bank row is the one exact_fp32 finds
@@ -107,6 +110,10 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
         for x in images:
             net.extractor(net.network_input(net.pre_processor(x)))
         backbone_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for x in images:
+            net(x)
+        model_seconds = time.perf_counter() - start
         singles = [b.image[i : i + 1].to(device) for b in batches for i in range(len(b.image))]
         singles = singles[:: max(1, len(singles) // args.latency_images)][: args.latency_images]
         model_ms = median_ms(lambda x: net(x), singles)
@@ -131,6 +138,8 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
         "test_img_s": n_test / test_seconds,
         "backbone_img_s": backbone_img_s,
         "ratio": (n_test / test_seconds) / backbone_img_s,
+        "model_img_s": n_test / model_seconds,
+        "model_ratio": backbone_seconds / model_seconds,
         "model_ms": model_ms,
         "backbone_ms": backbone_ms,
         "peak_rss_mb": peak_mb,

@@ -109,8 +109,14 @@ def _grouped_candidates(scores: torch.Tensor, groups: int, r: int) -> torch.Tens
     minimum over GROUP contiguous slices, which vectorises (a full top-r over 50k columns costs
     6x more on a CPU). The whole best group is re-ranked, so a near-tie inside it cannot hide
     the nearest row behind its bf16-rounded twin.
+
+    The scores are compared as their int16 bit patterns: for bf16 values >= 0 the order is the
+    same, and integer minima run 3x faster than bf16 ones on a CPU. A negative score (the
+    rounding of a distance ~0) ranks before every positive one, so near-duplicates stay
+    candidates; the order among negatives is reversed, which the fp32 re-rank settles.
     """
-    strided = scores.view(scores.shape[0], GROUP, groups)
+    keys = scores.view(torch.int16) if scores.dtype == torch.bfloat16 else scores
+    strided = keys.view(keys.shape[0], GROUP, groups)
     best_groups = strided.amin(1).topk(r, dim=1, largest=False)[1]  # [R, r]
     members = strided.gather(2, best_groups.unsqueeze(1).expand(-1, GROUP, -1))  # [R, GROUP, r]
     others = members[:, :, 1:].argmin(1) * groups + best_groups[:, 1:]  # [R, r - 1]

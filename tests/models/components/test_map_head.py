@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mvtec_ad.models.components.map_head import AnomalyMapHead, gaussian_kernel1d
 
@@ -44,3 +45,26 @@ def test_padded_cells_never_raise_the_score_or_the_map(rule):
     assert out.score.item() == pytest.approx(alone.score.item(), rel=1e-6)
     assert out.map.max() <= content.max() + 1e-6  # nothing from the padding leaks in
     assert torch.all(out.map[..., 16:] == out.map[..., :16].min())  # padding: the image's lowest value
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 4.0])
+@pytest.mark.parametrize(
+    ("raw_size", "size"), [((28, 28), (224, 224)), ((7, 20), (56, 160)), ((3, 5), (30, 50))]
+)
+def test_matrix_upsample_blur_equals_interpolate_then_convolve(sigma, raw_size, size):
+    # the fast path (two matmuls) against the direct one (interpolate, then two 1-D convolutions)
+    torch.manual_seed(0)
+    raw = torch.rand(3, 1, *raw_size) * 10
+    head = AnomalyMapHead(sigma=sigma)
+    direct = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+    direct = head.blur(direct)
+    fast = head.upsample_blur(raw, size)
+    assert fast.shape == (3, 1, *size)
+    assert torch.allclose(fast, direct, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fast, head.upsample_blur(raw.flip(-1), size), atol=1e-3)  # it reads the values
+
+
+def test_matrix_path_keeps_constant_maps():
+    head = AnomalyMapHead(sigma=4.0)
+    out = head.upsample_blur(torch.full((2, 1, 28, 40), 2.5), (224, 320))
+    assert torch.allclose(out, torch.full_like(out, 2.5), atol=1e-5)
