@@ -2,7 +2,8 @@
 
 Fused patch features (3x3 average, coarser layer resized to the finer grid) of all training
 images, reduced by a greedy k-center coreset; map = distance of every test patch to its nearest
-bank patch; score = max of the map, optionally re-weighted as in the PatchCore paper.
+bank patch; score = max of the map, optionally re-weighted as in the PatchCore paper, or the
+highest mean over a small block of patches (window_max).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,6 +50,8 @@ class PatchCoreModel(Detector, ResizableBuffers):
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
+        score: Literal["max", "window_max"] = "max",
+        score_window: int = 3,
         **geometry,
     ) -> None:
         """
@@ -67,11 +71,20 @@ class PatchCoreModel(Detector, ResizableBuffers):
                 runs the coreset's distance updates in bf16.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
             faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
+            score: image score from the patch map: max (the paper's) or window_max (the highest
+                mean over score_window x score_window patches: one noisy patch cannot decide alone).
+            score_window: block side of window_max (odd).
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
         """
         super().__init__(**geometry)
         if not 0.0 < coreset_ratio <= 1.0:
             raise ConfigError(f"--model.coreset_ratio must be in (0, 1], got {coreset_ratio}.")
+        if score not in ("max", "window_max"):
+            raise ConfigError(f"--model.score must be max or window_max, got {score!r}.")
+        if reweight and score != "max":
+            raise ConfigError(
+                "--model.reweight re-weights the max patch score; use it with --model.score max."
+            )
         self.extractor = FeatureExtractor(backbone, layers, weights)
         self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.pool_kernel = pool_kernel
@@ -83,7 +96,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         self.coreset_seed = coreset_seed
         self.search = BankSearch(search, faiss_index, faiss_nprobe)
         self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
-        self.head = AnomalyMapHead(sigma=sigma, score="max")
+        self.head = AnomalyMapHead(sigma=sigma, score=score, window=score_window)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Fused patch features [B, D, h, w]."""
@@ -144,7 +157,7 @@ class PatchCore(FitOnceModule):
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
         **model_args: PatchCoreModel's (backbone, layers, weights, pool_kernel, coreset_ratio,
             projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, search,
-            faiss_index, faiss_nprobe, image_size).
+            faiss_index, faiss_nprobe, score, score_window, image_size).
     """
 
     detector_name = "patchcore"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.models.patchcore import PatchCoreModel
 from tests.helpers import tiny_dfr_kwargs
 
@@ -67,3 +68,30 @@ def test_patchcore_float16_bank_gives_nearly_the_same_scores(patchcore):
     half.memory_bank = patchcore.memory_bank.half()
     with torch.no_grad():
         assert torch.allclose(half(IMAGES).score, patchcore(IMAGES).score, rtol=1e-2)
+
+
+def test_patchcore_window_max_score_is_the_best_block_mean_of_the_patch_map(patchcore):
+    windowed = PatchCoreModel(**tiny_dfr_kwargs(), score="window_max", score_window=3, image_size=64).eval()
+    windowed.load_state_dict(patchcore.state_dict())
+    with torch.no_grad():
+        patches = patchcore.embed(IMAGES)
+        b, c, h, w = patches.shape
+        distances, _ = patchcore.search(
+            patches.permute(0, 2, 3, 1).reshape(b, h * w, c), patchcore.memory_bank
+        )
+        raw = distances.view(b, 1, h, w)
+        plain, out = patchcore(IMAGES), windowed(IMAGES)
+    # by hand: mean of each 3x3 block of map cells (border blocks: the cells inside the map)
+    padded = torch.nn.functional.pad(raw, (1, 1, 1, 1), value=float("nan"))
+    blocks = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # [B, 1, h, w, 3, 3]
+    expected = blocks.nanmean(dim=(-2, -1)).flatten(1).amax(1)
+    assert torch.allclose(out.score, expected, rtol=1e-5)
+    assert (out.score <= plain.score + 1e-6).all() and not torch.allclose(out.score, plain.score)
+    assert torch.equal(out.map, plain.map)  # the rule changes the score only
+
+
+def test_patchcore_rejects_unknown_score_rules_and_reweighting_a_window_score():
+    with pytest.raises(ConfigError, match="--model.score must be max or window_max"):
+        PatchCoreModel(**tiny_dfr_kwargs(), score="topk", image_size=64)
+    with pytest.raises(ConfigError, match="--model.reweight re-weights the max patch score"):
+        PatchCoreModel(**tiny_dfr_kwargs(), score="window_max", reweight=True, image_size=64)

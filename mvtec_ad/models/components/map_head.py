@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.models.components.detector import AnomalyOutput, fill_outside
+
+ScoreRule = Literal["max", "topk", "mean", "window_max"]
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -34,18 +37,23 @@ def cells_of(valid: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor 
 class AnomalyMapHead(nn.Module):
     """Raw low-resolution map -> AnomalyOutput: score by the detector's rule, map upsampled and blurred.
 
-    The score is taken from the raw map (top-k mean or max, as the seeds define it); the map is
+    The score is taken from the raw map (top-k mean or max, as the seeds define it, or
+    window_max: the highest mean over a `window` x `window` block of cells, which one noisy cell
+    cannot decide alone); the map is
     bilinearly upsampled to the input size and smoothed with a Gaussian (sigma 4 by default, as
     is usual on MVTec AD). With a `valid` mask, cells and pixels outside the image (padding) are
     set to the image's lowest value before the score, the upsampling and the blur, so padding
     never raises a score or leaks into the map. Being an nn.Module, it is part of every exported model.
     """
 
-    def __init__(self, sigma: float = 4.0, score: Literal["max", "topk", "mean"] = "max", top_k: int = 10):
+    def __init__(self, sigma: float = 4.0, score: ScoreRule = "max", top_k: int = 10, window: int = 3):
         super().__init__()
+        if score == "window_max" and (window < 1 or window % 2 == 0):
+            raise ConfigError(f"--model.score_window must be an odd number >= 1, got {window}.")
         self.sigma = sigma
         self.score_rule = score
         self.top_k = top_k
+        self.window = window
         self.register_buffer(
             "kernel", gaussian_kernel1d(sigma) if sigma > 0 else torch.ones(1), persistent=False
         )
@@ -55,12 +63,27 @@ class AnomalyMapHead(nn.Module):
         if valid is not None and self.score_rule == "mean":
             keep = valid.to(raw_map.dtype)
             return (raw_map * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1)
+        if self.score_rule == "window_max":
+            return self.window_max(raw_map, valid)
         flat = fill_outside(raw_map, valid).flatten(1)  # lowest kept value outside: max/topk pick kept cells
         if self.score_rule == "max":
             return flat.amax(1)
         if self.score_rule == "mean":
             return flat.mean(1)
         return flat.topk(min(self.top_k, flat.shape[1]), dim=1).values.mean(1)
+
+    def window_max(self, raw_map: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Highest mean of the kept cells in any window x window block centred on a kept cell.
+
+        Cells outside the image (and outside the map) are left out of each block's mean, so
+        padding neither lowers a border block nor raises any.
+        """
+        keep = torch.ones_like(raw_map) if valid is None else valid.to(raw_map.dtype)
+        r = self.window // 2
+        sums = F.avg_pool2d(raw_map * keep, self.window, stride=1, padding=r, count_include_pad=True)
+        counts = F.avg_pool2d(keep, self.window, stride=1, padding=r, count_include_pad=True)
+        local = sums / counts.clamp_min(1e-12)
+        return fill_outside(local, valid).flatten(1).amax(1)
 
     def _mode(self, size: tuple[int, int]) -> str:
         # reflect padding needs pad < size; fall back to replicate for tiny maps

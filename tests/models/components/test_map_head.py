@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mvtec_ad.errors import ConfigError
 from mvtec_ad.models.components.map_head import AnomalyMapHead, gaussian_kernel1d
 
 
@@ -18,6 +19,21 @@ def test_head_topk_score_and_map_shape():
     assert AnomalyMapHead(score="max")(raw, (8, 8)).score.tolist() == pytest.approx([9.0, 7.0])
 
 
+def test_window_max_scores_the_best_block_not_one_cell():
+    raw = torch.zeros(3, 1, 6, 6)
+    raw[0, 0, 0, 5] = 9.0  # one hot cell at the border
+    raw[0, 0, 2:5, 1:4] = 4.0  # a 3x3 defect
+    raw[1, 0, 0, 0] = 8.0  # a corner: its block holds 4 cells of the map, not 9
+    raw[2] = 2.5  # constant map
+    head = AnomalyMapHead(sigma=1.0, score="window_max", window=3)
+    assert head(raw, (24, 24)).score.tolist() == pytest.approx([4.0, 2.0, 2.5])
+    assert AnomalyMapHead(score="max")(raw, (6, 6)).score.tolist() == pytest.approx([9.0, 8.0, 2.5])
+    ones = AnomalyMapHead(score="window_max", window=1)(raw, (6, 6)).score  # a 1x1 block is the max
+    assert ones.tolist() == pytest.approx([9.0, 8.0, 2.5])
+    with pytest.raises(ConfigError, match="score_window must be an odd number"):
+        AnomalyMapHead(score="window_max", window=4)
+
+
 def test_blur_keeps_constant_maps_and_mass():
     head = AnomalyMapHead(sigma=4.0)
     const = torch.full((1, 1, 40, 40), 3.0)
@@ -30,7 +46,7 @@ def test_blur_keeps_constant_maps_and_mass():
     assert gaussian_kernel1d(4.0).numel() == 33
 
 
-@pytest.mark.parametrize("rule", ["max", "topk", "mean"])
+@pytest.mark.parametrize("rule", ["max", "topk", "mean", "window_max"])
 def test_padded_cells_never_raise_the_score_or_the_map(rule):
     # raw 8x8 map over a 32x32 input whose image covers the left 16 columns; the padding's cells
     # hold a huge value, as a detector may give to padding it has never seen
