@@ -29,6 +29,8 @@ SHORT_FIT = ("--trainer.max_epochs", "1", "--data.train_batch_size", "4")
 DETECTORS = {  # demo config -> (class, fit options that keep the fit to seconds)
     "knn": ("mvtec_ad.models.knn.KNN", ()),
     "patchcore": ("mvtec_ad.models.patchcore.PatchCore", ()),
+    # window_max score, 5x5 pool, stride-16/32 layers (keep_aspect export: test_export_geometry.py)
+    "patchcore_magnetic_tile": ("mvtec_ad.models.patchcore.PatchCore", ("--model.resize", "squash")),
     "dfr": ("mvtec_ad.models.dfr.DFR", SHORT_FIT),
     "feature_ae": ("mvtec_ad.models.feature_ae.FeatureAE", SHORT_FIT),
     "pixel_ae": ("mvtec_ad.models.pixel_ae.PixelAE", (*SHORT_FIT, "--data.samples_per_epoch", "8")),
@@ -111,7 +113,7 @@ def test_onnx_export_gives_the_checkpoint_scores_and_maps(name, fitted, tmp_path
     assert math.isfinite(threshold)
     assert float(metadata["threshold"]) == threshold
     assert metadata["image_size"] == str(TEST_IMAGE_SIZE)
-    assert metadata["detector"] == name
+    assert metadata["detector"] == module.detector_name == name.split("_magnetic_tile")[0]
 
     if name == "patchcore":  # the re-weighted score too (nearest neighbours of the worst patch)
         reweighted = detector_class(name).load_from_checkpoint(
