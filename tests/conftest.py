@@ -1,11 +1,20 @@
 """Session-wide fixtures: one tiny demo set (built once), and a hand-made category per test."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mvtec_ad.data.demo_set import make_demo_dataset
 from tests.helpers import TINY, make_category
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory) -> Path:
+    """Built search kernels go to a session folder, not the user's ~/.cache (the CLI runs inherit it)."""
+    folder = tmp_path_factory.mktemp("kernels")
+    os.environ.setdefault("MVTEC_AD_CACHE", str(folder))
+    return Path(os.environ["MVTEC_AD_CACHE"])
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from mvtec_ad.errors import ConfigError, DependencyError
+from mvtec_ad.models.components import native
 from mvtec_ad.models.components.nearest import (
     CHUNK_ELEMENTS,
     CPU_CHUNK_ELEMENTS,
@@ -33,6 +34,9 @@ SearchName = Literal["auto", "exact_fp32", "exact_bf16", "faiss"]
 SEARCHES = ("auto", "exact_fp32", "exact_bf16", "faiss")
 RERANK = 8  # bf16 candidates re-ranked in float32 per query: recall@1 0.99996 on magnetic_tile
 GROUP = 16  # bank rows whose smallest bf16 score is taken at once: a strided, vectorised minimum
+NATIVE_CHUNK = (
+    2048  # queries per fused-kernel call and re-rank: their 32 candidate rows take 32 MB at D = 128
+)
 FLAT_BELOW = 10_000  # `faiss_index: auto` searches smaller banks exhaustively (IndexFlatL2)
 ROWS_PER_LIST = 200  # `faiss_index: auto`: about this many bank rows per IVF list
 
@@ -75,11 +79,16 @@ def bf16_operands(rows: torch.Tensor, centre: torch.Tensor) -> tuple[torch.Tenso
 
 
 class Bf16Table:
-    """A bank [N, D] prepared for bf16 search: its centre and right operand, columns padded to GROUP."""
+    """A bank [N, D] prepared for bf16 search: its centre and, on a CPU the fused kernel serves, that
+    kernel's table; else torch's right operand, columns padded to GROUP."""
 
     def __init__(self, bank: torch.Tensor) -> None:
         self.bank = bank.float()
         self.centre = self.bank.mean(0)
+        lib = native.library() if bank.device.type == "cpu" and len(bank) else None
+        self.native = native.LaneMinTable(self.bank, self.centre, lib) if lib is not None else None
+        if self.native is not None:
+            return
         _, right = bf16_operands(self.bank, self.centre)
         pad = (-len(right)) % GROUP
         filler = right.new_zeros(pad, right.shape[1])
@@ -133,6 +142,15 @@ def bf16_nearest(
     if n == 0:
         return nearest_neighbours(queries, bank, k)  # its error: fit first
     k = min(k, n)
+    if table.native is not None:
+        if k > 1:  # lane minima hold one row per lane: k > 1 (a few queries in practice) goes exact
+            return nearest_neighbours(queries, bank, k)
+        found = [
+            _rerank(q, bank, table.native.candidates(q), 1)
+            for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
+        ]
+        shape = (*queries.shape[:-1], 1)
+        return torch.cat([d for d, _ in found]).view(shape), torch.cat([i for _, i in found]).view(shape)
     if chunk_elements is None:
         chunk_elements = CPU_CHUNK_ELEMENTS if bank.device.type == "cpu" else CHUNK_ELEMENTS
     flat = queries.reshape(-1, queries.shape[-1]).float()
@@ -292,7 +310,9 @@ class BankSearch:
     def describe(self) -> str:
         """The backend of the last search, its index and settings (for benchmark tables and logs)."""
         name = self.last_backend or self.name
-        if name != "faiss":
+        if name == "exact_bf16" and isinstance(self._prepared, Bf16Table):
+            name += ", fused kernel" if self._prepared.native is not None else ", torch GEMM"
+        if not name.startswith("faiss"):
             return name if self.name != "auto" else f"auto: {name}"
         spec = self._prepared.spec if isinstance(self._prepared, FaissIndex) else self.faiss_index
         return f"faiss {spec}, nprobe {self.faiss_nprobe}"

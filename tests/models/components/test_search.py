@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mvtec_ad.errors import ConfigError, DependencyError
+from mvtec_ad.models.components import native
 from mvtec_ad.models.components.search import BankSearch, bf16_operands, faiss_spec
 from mvtec_ad.models.patchcore import PatchCoreModel
 from tests.helpers import tiny_dfr_kwargs
@@ -35,6 +36,18 @@ def nearest_gap_ok(queries, bank, rel=1e-3):
     return (d[:, 1] - d[:, 0]) > rel * d[:, 0]
 
 
+@pytest.fixture(params=["torch", "kernel"])
+def bf16_path(request, monkeypatch):
+    """exact_bf16 through torch's GEMM (as on AMX CPUs and GPUs) and through the fused kernel (AVX-512 BF16)."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif native.load() is None:
+        pytest.skip(f"the fused kernel does not run here: {native.unsupported() or 'it could not be built'}")
+    else:
+        monkeypatch.setattr(native, "library", native.load)
+    return request.param
+
+
 def gaussian(n_bank, n_queries, dim=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n_queries, dim, generator=g) + 2.0, torch.randn(n_bank, dim, generator=g) + 2.0
@@ -42,7 +55,7 @@ def gaussian(n_bank, n_queries, dim=64, seed=0):
 
 @pytest.mark.parametrize("n_bank", [7, 300, 3001])  # 3001: the grouped bf16 candidates, padded columns
 @pytest.mark.parametrize("name", ["exact_fp32", "exact_bf16"])
-def test_exact_backends_find_the_brute_force_rows(name, n_bank):
+def test_exact_backends_find_the_brute_force_rows(name, n_bank, bf16_path):
     queries, bank = gaussian(n_bank, 1000, seed=n_bank)
     expected = brute_force(queries, bank)
     distances, indices = BankSearch(name)(queries, bank)
@@ -52,7 +65,7 @@ def test_exact_backends_find_the_brute_force_rows(name, n_bank):
     torch.testing.assert_close(distances.double(), expected.values, rtol=1e-5, atol=1e-5)
 
 
-def test_exact_fp32_on_clustered_rows_and_bf16_recall_there():
+def test_exact_fp32_on_clustered_rows_and_bf16_recall_there(bf16_path):
     """Tight clusters far from the bank's mean: neighbours much nearer than the norms, bf16's hard case."""
     queries, bank = clustered(3001, 2000, seed=1)
     expected = brute_force(queries, bank)
@@ -63,13 +76,13 @@ def test_exact_fp32_on_clustered_rows_and_bf16_recall_there():
     assert float((found == expected.indices).float().mean()) >= 0.99
 
 
-def test_bf16_on_large_gaussian_banks_finds_the_exact_rows():
+def test_bf16_on_large_gaussian_banks_finds_the_exact_rows(bf16_path):
     queries, bank = gaussian(20_000, 2000, dim=152, seed=3)  # magnetic_tile's width, a bank of 20k
     _, indices = BankSearch("exact_bf16")(queries, bank)
     assert torch.equal(indices, brute_force(queries, bank).indices)
 
 
-def test_bf16_distances_are_float32_distances_to_the_rows_found():
+def test_bf16_distances_are_float32_distances_to_the_rows_found(bf16_path):
     queries, bank = gaussian(2000, 300, dim=48, seed=5)
     distances, indices = BankSearch("exact_bf16")(queries, bank, k=4)
     exact = (queries.unsqueeze(1) - bank[indices]).norm(dim=-1)  # float32, from the differences
@@ -79,7 +92,7 @@ def test_bf16_distances_are_float32_distances_to_the_rows_found():
     assert torch.equal(indices, expected.indices)
 
 
-def test_bf16_batched_queries_and_per_item_banks():
+def test_bf16_batched_queries_and_per_item_banks(bf16_path):
     g = torch.Generator().manual_seed(1)
     queries, shared = torch.randn(3, 40, 16, generator=g), torch.randn(900, 16, generator=g)
     search = BankSearch("exact_bf16")
@@ -105,7 +118,7 @@ def test_bf16_operands_multiply_to_squared_distances():
     torch.testing.assert_close(got.double(), expected, rtol=2e-2, atol=0.5)
 
 
-def test_a_changed_bank_is_searched_not_a_stale_copy():
+def test_a_changed_bank_is_searched_not_a_stale_copy(bf16_path):
     queries, bank = gaussian(800, 50, seed=7)
     search = BankSearch("exact_bf16")
     search(queries, bank)
@@ -164,3 +177,13 @@ def test_faiss_bad_index_string_names_the_option():
     pytest.importorskip("faiss")
     with pytest.raises(ConfigError, match="--model.faiss_index 'IVFbogus'"):
         BankSearch("faiss", faiss_index="IVFbogus")(torch.randn(3, 8), torch.randn(100, 8))
+
+
+def test_describe_names_the_bf16_implementation(bf16_path):
+    g = torch.Generator().manual_seed(4)
+    search = BankSearch("auto" if bf16_path == "kernel" else "exact_bf16")
+    search(torch.randn(5, 8, generator=g), torch.randn(100, 8, generator=g))
+    if bf16_path == "kernel":  # a CPU with AVX-512 BF16: auto picks exact_bf16
+        assert search.describe() == "auto: exact_bf16, fused kernel"
+    else:
+        assert search.describe() == "exact_bf16, torch GEMM"

@@ -1,0 +1,172 @@
+"""The fused bf16 search kernel (kernels/bf16_lanemin.c): built on first use, loaded with ctypes.
+
+On CPUs with AVX-512 BF16 but no AMX (AMD Zen 4/5, Intel Cooper Lake) torch's bf16 GEMM reaches
+~250 GFLOP/s on 2 cores and writes every score; the fused kernel reaches ~370 and writes none
+(benchmarks/memory_bank.py). On AMX CPUs oneDNN's GEMM is faster still, so there the torch path
+stays. The kernel is compiled once per source version with the system C compiler (`cc`, or $CC)
+into the user's cache folder; without a compiler, or with MVTEC_AD_NATIVE=0, search falls back
+to the torch path with one warning. Nothing is downloaded and no compiled file ships in the package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels") / "bf16_lanemin.c"
+FLAGS = (
+    "-O3",
+    "-mavx512f",
+    "-mavx512bw",
+    "-mavx512bf16",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+)  # no -march=native: a cache may be shared
+VERSION = 2  # mvad_kernel_version() of the source this module drives
+NQ = 12  # queries per register tile (the kernel's NQ)
+TILE = 32  # bank rows per register tile (the kernel's TILE): candidates per query
+QUERY_CHUNK = 12 * 1024  # queries per kernel call: bounds the [Q, 32] minima to 3 MB
+OFF = "MVTEC_AD_NATIVE"  # "0" turns the kernel off
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $MVTEC_AD_CACHE, else $XDG_CACHE_HOME/mvtec_ad, else ~/.cache/mvtec_ad."""
+    if os.environ.get("MVTEC_AD_CACHE"):
+        return Path(os.environ["MVTEC_AD_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mvtec_ad"
+
+
+def unsupported() -> str | None:
+    """Why the kernel cannot run in this process (None: it can): opted out, not x86-64, no AVX-512 BF16."""
+    if os.environ.get(OFF, "1") == "0":
+        return f"{OFF}=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    if not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "the CPU has no AVX-512 BF16"
+    return None
+
+
+def amx() -> bool:
+    """Whether the CPU has AMX tiles: there oneDNN's bf16 GEMM (~1,200 GFLOP/s on 2 cores) beats the kernel."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def build(target: Path) -> None:
+    """Compile SOURCE into the shared library `target`, atomically (a temporary file beside it, renamed)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip().splitlines()[-1:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The kernel where exact_bf16 search should use it (a CPU with AVX-512 BF16 and no AMX), else None."""
+    return None if amx() else load()
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> ctypes.CDLL | None:
+    """The loaded kernel, built on first use; None where the CPU cannot run it, or (with one warning
+    saying why) where it cannot be built or loaded."""
+    if unsupported() is not None:
+        return None  # not this CPU's kernel: nothing to warn about
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    target = cache_dir() / f"bf16_lanemin-{key}.so"
+    try:
+        if not target.exists():
+            build(target)
+        lib = ctypes.CDLL(str(target))
+        if lib.mvad_kernel_version() != VERSION:
+            raise RuntimeError(f"{target} is version {lib.mvad_kernel_version()}, expected {VERSION}")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        warnings.warn(
+            f"exact_bf16 search runs on torch's GEMM, slower on this CPU: the fused kernel could not be "
+            f"built or loaded ({error}). Install a C compiler (gcc) or set {OFF}=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    lib.mvad_bf16_lanemin.restype = None
+    lib.mvad_bf16_lanemin.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    return lib
+
+
+class LaneMinTable:
+    """A float32 bank [N, D] laid out for the kernel: centred bf16 rows in tiles of 32, their norms."""
+
+    def __init__(self, bank: torch.Tensor, centre: torch.Tensor, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.n, d = bank.shape
+        self.k2 = (d + 1) // 2
+        self.tiles = max(1, -(-self.n // TILE))
+        pad_rows, pad_cols = self.tiles * TILE - self.n, 2 * self.k2 - d
+        rows = torch.nn.functional.pad(bank.detach().cpu().float() - centre.cpu(), (0, pad_cols)).bfloat16()
+        norms = rows.float().square().sum(1)
+        self.norms = torch.cat([norms, norms.new_full((pad_rows,), 1e30)]).contiguous()
+        rows = torch.cat([rows, rows.new_zeros(pad_rows, 2 * self.k2)])
+        # [tiles, half, lane, pair, 2] -> [tiles, pair, half, lane, 2]: one 64-byte vector per (pair, half)
+        self.rows = rows.view(self.tiles, 2, 16, self.k2, 2).permute(0, 3, 1, 2, 4).contiguous()
+        self.centre = centre.cpu()
+
+    def candidates(self, queries: torch.Tensor) -> torch.Tensor:
+        """Rows [Q, 32] (int64) holding, per lane of the tiles, the smallest bf16 distance to each query [Q, D]."""
+        found = [self._candidates(chunk) for chunk in queries.split(QUERY_CHUNK)]
+        return torch.cat(found) if found else queries.new_zeros((0, TILE), dtype=torch.long)
+
+    def _candidates(self, queries: torch.Tensor) -> torch.Tensor:
+        q = len(queries)
+        pad_q, pad_cols = (-q) % NQ, 2 * self.k2 - queries.shape[1]
+        operand = torch.nn.functional.pad((queries.float() - self.centre) * -2.0, (0, pad_cols, 0, pad_q))
+        operand = operand.bfloat16().view(torch.int32).view(-1, NQ, self.k2).transpose(1, 2).contiguous()
+        qtiles = len(operand)
+        best = torch.empty(qtiles * NQ, TILE)
+        idx = torch.empty(qtiles * NQ, TILE, dtype=torch.int32)
+        threads = max(1, min(torch.get_num_threads(), qtiles))
+        self.lib.mvad_bf16_lanemin(
+            self.rows.data_ptr(),
+            self.norms.data_ptr(),
+            self.tiles,
+            operand.data_ptr(),
+            qtiles,
+            self.k2,
+            best.data_ptr(),
+            idx.data_ptr(),
+            threads,
+        )
+        rows = idx[:q].long() * TILE + torch.arange(TILE)
+        return rows.clamp_max_(self.n - 1)  # a lane with padding rows only points at a real row
