@@ -131,7 +131,8 @@ class LaneMinTable:
 
     def __init__(self, bank: torch.Tensor, centre: torch.Tensor, lib: ctypes.CDLL) -> None:
         self.lib = lib
-        self.n, d = bank.shape
+        self.n, self.d = bank.shape
+        d = self.d
         self.k2 = (d + 1) // 2
         self.tiles = max(1, -(-self.n // TILE))
         pad_rows, pad_cols = self.tiles * TILE - self.n, 2 * self.k2 - d
@@ -145,6 +146,11 @@ class LaneMinTable:
 
     def candidates(self, queries: torch.Tensor) -> torch.Tensor:
         """Rows [Q, 32] (int64) holding, per lane of the tiles, the smallest bf16 distance to each query [Q, D]."""
+        if queries.dim() != 2 or queries.shape[1] != self.d:
+            raise ValueError(
+                f"queries of shape {tuple(queries.shape)} against a memory bank of {self.d}-dim rows: "
+                "the features must come from the backbone and layers the bank was fitted with."
+            )
         found = [self._candidates(chunk) for chunk in queries.split(QUERY_CHUNK)]
         return torch.cat(found) if found else queries.new_zeros((0, TILE), dtype=torch.long)
 

@@ -60,6 +60,13 @@ def test_ties_go_to_the_first_tile_and_empty_queries_work():
     assert table.candidates(torch.empty(0, 8)).shape == (0, 32)
 
 
+def test_queries_of_another_width_are_refused():
+    lib = kernel_or_skip()
+    table = native.LaneMinTable(torch.randn(40, 16), torch.zeros(16), lib)
+    with pytest.raises(ValueError, match=r"queries of shape \(3, 12\) against a memory bank of 16-dim rows"):
+        table.candidates(torch.randn(3, 12))
+
+
 def test_threads_split_queries_without_changing_answers():
     lib = kernel_or_skip()
     g = torch.Generator().manual_seed(3)
