@@ -70,6 +70,7 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
     model_args["search"] = search
     model_args["faiss_index"] = args.faiss_index
     model_args["faiss_nprobe"] = args.faiss_nprobe
+    model_args["ivf_nprobe"] = args.ivf_nprobe
     if detector == "patchcore":
         model_args["coreset_ratio"] = args.coreset_ratio
     model = {"knn": KNN, "patchcore": PatchCore}[detector](**model_args)
@@ -175,6 +176,7 @@ def main() -> None:
         "--faiss_index", default="auto", help="faiss index_factory string (Flat, IVF256,Flat, HNSW32)"
     )
     parser.add_argument("--faiss_nprobe", type=int, default=16)
+    parser.add_argument("--ivf_nprobe", type=int, default=24)
     parser.add_argument("--latency_images", type=int, default=30)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file")

@@ -43,6 +43,7 @@ class KNNModel(Detector, ResizableBuffers):
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
+        ivf_nprobe: int = 24,
         **geometry,
     ) -> None:
         """
@@ -52,7 +53,7 @@ class KNNModel(Detector, ResizableBuffers):
             pool_kernel: 3x3 average of the patch features behind the map.
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the patch bank's memory (distances are still float32).
-            search, faiss_index, faiss_nprobe: the nearest-neighbour backend of the image bank
+            search, faiss_index, faiss_nprobe, ivf_nprobe: the nearest-neighbour backend of the image bank
                 (see mvtec_ad.models.components.search); the patch search among the k neighbour
                 images (a few hundred rows each) is always exact_fp32.
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
@@ -62,7 +63,7 @@ class KNNModel(Detector, ResizableBuffers):
         self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.k = k
         self.pool_kernel = pool_kernel
-        self.search = BankSearch(search, faiss_index, faiss_nprobe)
+        self.search = BankSearch(search, faiss_index, faiss_nprobe, ivf_nprobe)
         self.bank_dtype = getattr(torch, bank_dtype)
         self.register_buffer("image_bank", torch.empty(0, sum(self.extractor.channels)))
         self.register_buffer("patch_bank", torch.empty(0, sum(self.extractor.channels), 0, 0))
@@ -102,7 +103,7 @@ class KNN(FitOnceModule):
     Args:
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
         **model_args: KNNModel's (backbone, layers, weights, k, pool_kernel, sigma, bank_dtype, search,
-            faiss_index, faiss_nprobe, image_size).
+            faiss_index, faiss_nprobe, ivf_nprobe, image_size).
     """
 
     detector_name = "knn"

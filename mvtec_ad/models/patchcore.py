@@ -50,6 +50,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
+        ivf_nprobe: int = 24,
         score: Literal["max", "window_max"] = "max",
         score_window: int = 3,
         **geometry,
@@ -66,11 +67,13 @@ class PatchCoreModel(Detector, ResizableBuffers):
             bank_dtype: float16 halves the bank (distances are still float32).
             coreset_seed: seed of the projection and the coreset's first pick.
             search: nearest-neighbour backend (mvtec_ad.models.components.search): exact_fp32,
-                exact_bf16 (bf16 GEMM, float32 re-rank), faiss, or auto (the default: exact_bf16
+                exact_bf16 (bf16 GEMM, float32 re-rank), faiss, ivf (inverted file, fused kernel), or auto (the default: exact_bf16
                 where bf16 runs in hardware, else exact_fp32). Any backend but exact_fp32 also
                 runs the coreset's distance updates in bf16.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
             faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
+            ivf_nprobe: lists probed per query by search ivf (k-means lists of ~200 rows scanned
+                by the fused bf16 kernel, queries grouped by list; float32 re-rank).
             score: image score from the patch map: max (the paper's) or window_max (the highest
                 mean over score_window x score_window patches: one noisy patch cannot decide alone).
             score_window: block side of window_max (odd).
@@ -94,7 +97,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         self.num_neighbors = num_neighbors
         self.bank_dtype = getattr(torch, bank_dtype)
         self.coreset_seed = coreset_seed
-        self.search = BankSearch(search, faiss_index, faiss_nprobe)
+        self.search = BankSearch(search, faiss_index, faiss_nprobe, ivf_nprobe)
         self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
         self.head = AnomalyMapHead(sigma=sigma, score=score, window=score_window)
 
@@ -157,7 +160,7 @@ class PatchCore(FitOnceModule):
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
         **model_args: PatchCoreModel's (backbone, layers, weights, pool_kernel, coreset_ratio,
             projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, search,
-            faiss_index, faiss_nprobe, score, score_window, image_size).
+            faiss_index, faiss_nprobe, ivf_nprobe, score, score_window, image_size).
     """
 
     detector_name = "patchcore"

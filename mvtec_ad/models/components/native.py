@@ -36,6 +36,8 @@ FLAGS = (
 VERSION = 2  # mvad_kernel_version() of the source this module drives
 NQ = 12  # queries per register tile (the kernel's NQ)
 TILE = 32  # bank rows per register tile (the kernel's TILE): candidates per query
+KMEANS_SAMPLE = 256  # training rows per k-means centroid
+MAX_LISTS = 4096  # lists of the largest banks (~250 rows each at 1M rows)
 QUERY_CHUNK = 12 * 1024  # queries per kernel call: bounds the [Q, 32] minima to 3 MB
 OFF = "MVTEC_AD_NATIVE"  # "0" turns the kernel off
 
@@ -123,6 +125,10 @@ def load() -> ctypes.CDLL | None:
         ctypes.c_void_p,
         ctypes.c_int,
     ]
+    lib.mvad_bf16_lanemin_lists.restype = None
+    pointer, int64 = ctypes.c_void_p, ctypes.c_int64
+    lib.mvad_bf16_lanemin_lists.argtypes = [pointer, pointer, pointer, int64, pointer, pointer, pointer]
+    lib.mvad_bf16_lanemin_lists.argtypes += [int64, int64, pointer, pointer, ctypes.c_int]
     return lib
 
 
@@ -144,17 +150,18 @@ class LaneMinTable:
         self.rows = rows.view(self.tiles, 2, 16, self.k2, 2).permute(0, 3, 1, 2, 4).contiguous()
         self.centre = centre.cpu()
 
-    def candidates(self, queries: torch.Tensor) -> torch.Tensor:
-        """Rows [Q, 32] (int64) holding, per lane of the tiles, the smallest bf16 distance to each query [Q, D]."""
+    def candidates(self, queries: torch.Tensor, keep: int = TILE) -> torch.Tensor:
+        """Rows [Q, keep] (int64): the `keep` best of the lane minima (per lane l, the row t * 32 + l
+        with the smallest bf16 distance to the query), for queries [Q, D]."""
         if queries.dim() != 2 or queries.shape[1] != self.d:
             raise ValueError(
                 f"queries of shape {tuple(queries.shape)} against a memory bank of {self.d}-dim rows: "
                 "the features must come from the backbone and layers the bank was fitted with."
             )
-        found = [self._candidates(chunk) for chunk in queries.split(QUERY_CHUNK)]
-        return torch.cat(found) if found else queries.new_zeros((0, TILE), dtype=torch.long)
+        found = [self._candidates(chunk, min(keep, TILE)) for chunk in queries.split(QUERY_CHUNK)]
+        return torch.cat(found) if found else queries.new_zeros((0, min(keep, TILE)), dtype=torch.long)
 
-    def _candidates(self, queries: torch.Tensor) -> torch.Tensor:
+    def _candidates(self, queries: torch.Tensor, keep: int) -> torch.Tensor:
         q = len(queries)
         pad_q, pad_cols = (-q) % NQ, 2 * self.k2 - queries.shape[1]
         operand = torch.nn.functional.pad((queries.float() - self.centre) * -2.0, (0, pad_cols, 0, pad_q))
@@ -175,4 +182,101 @@ class LaneMinTable:
             threads,
         )
         rows = idx[:q].long() * TILE + torch.arange(TILE)
+        if keep < TILE:
+            rows = rows.gather(1, best[:q].topk(keep, dim=1, largest=False, sorted=True)[1])
         return rows.clamp_max_(self.n - 1)  # a lane with padding rows only points at a real row
+
+
+def kmeans(rows: torch.Tensor, lists: int, iterations: int = 10, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means on rows [N, D] (float32) from a seeded random start: the list of each row [N].
+
+    The centroids train on at most KMEANS_SAMPLE rows per list (as faiss does), so the cost grows
+    with N, not N^2; every row is assigned to its nearest centroid at the end.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(rows), generator=g)
+    sample = rows[order[: KMEANS_SAMPLE * lists]]
+    centroids = sample[:lists].clone()
+    for _ in range(iterations):
+        assign = _nearest_centroid(sample, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
+        counts = torch.bincount(assign, minlength=lists)
+        filled = counts > 0  # an empty list keeps its centroid (it stays empty or refills)
+        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).float()
+    return torch.cat([_nearest_centroid(part, centroids) for part in rows.split(65536)])
+
+
+def _nearest_centroid(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    return torch.addmm((centroids * centroids).sum(1), rows, centroids.T, alpha=-2.0).argmin(1)
+
+
+class ListTable:
+    """A bank [N, D] cut into k-means lists, each laid out as the kernel's tiles: an inverted file
+    whose probed lists are scanned by the fused kernel, queries grouped by list."""
+
+    def __init__(self, bank: torch.Tensor, centre: torch.Tensor, lib: ctypes.CDLL, lists: int, seed: int = 0):
+        self.lib = lib
+        x = bank.detach().cpu().float() - centre.cpu()
+        self.n, self.d = x.shape
+        self.k2 = (self.d + 1) // 2
+        self.lists = max(1, min(lists, self.n, MAX_LISTS))
+        assign = kmeans(x, self.lists, seed=seed)
+        counts = torch.bincount(assign, minlength=self.lists)
+        self.centroids = (
+            torch.zeros(self.lists, self.d).index_add_(0, assign, x) / counts.clamp_min(1)[:, None]
+        )
+        tiles_per = (counts + TILE - 1) // TILE
+        self.list_tile = torch.cat([tiles_per.new_zeros(1), tiles_per.cumsum(0)]).contiguous()
+        self.tiles = int(self.list_tile[-1])
+        order = assign.argsort(stable=True)  # rows by list
+        starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+        slot = self.list_tile[:-1][assign[order]] * TILE + (torch.arange(self.n) - starts[assign[order]])
+        self.perm = torch.full((self.tiles * TILE,), -1, dtype=torch.long)
+        self.perm[slot] = order
+        rows = torch.nn.functional.pad(x, (0, 2 * self.k2 - self.d)).bfloat16()
+        padded = rows.new_zeros(self.tiles * TILE, 2 * self.k2)
+        padded[slot] = rows[order]
+        norms = torch.full((self.tiles * TILE,), 1e30)
+        norms[slot] = rows[order].float().square().sum(1)
+        self.norms = norms.contiguous()
+        self.rows = padded.view(self.tiles, 2, 16, self.k2, 2).permute(0, 3, 1, 2, 4).contiguous()
+        self.centre = centre.cpu()
+
+    def candidates(self, queries: torch.Tensor, nprobe: int, keep: int = TILE) -> torch.Tensor:
+        """Rows [Q, keep] (int64): the `keep` best of the lane minima (smallest bf16 distance per lane)
+        over the rows of the `nprobe` lists nearest each query [Q, D]; a lane that saw no row
+        repeats the query's best row."""
+        q = len(queries)
+        x = queries.detach().cpu().float() - self.centre
+        nprobe = min(nprobe, self.lists)
+        near = torch.addmm((self.centroids * self.centroids).sum(1), x, self.centroids.T, alpha=-2.0)
+        probes = near.topk(nprobe, dim=1, largest=False)[1]  # [Q, nprobe]
+        key = (probes * q + torch.arange(q)[:, None]).flatten().sort()[0]  # by list, then query
+        probe_q = (key % q).to(torch.int32).contiguous()
+        probe_ptr = torch.cat([key.new_zeros(1), torch.bincount(key // q, minlength=self.lists).cumsum(0)])
+        operand = torch.nn.functional.pad(x * -2.0, (0, 2 * self.k2 - self.d)).bfloat16()
+        operand = operand.view(torch.int32).contiguous()
+        best = torch.empty(q, TILE)
+        idx = torch.empty(q, TILE, dtype=torch.int32)
+        threads = max(1, min(torch.get_num_threads(), q))
+        self.lib.mvad_bf16_lanemin_lists(
+            self.rows.data_ptr(),
+            self.norms.data_ptr(),
+            self.list_tile.data_ptr(),
+            self.lists,
+            probe_ptr.contiguous().data_ptr(),
+            probe_q.data_ptr(),
+            operand.data_ptr(),
+            q,
+            self.k2,
+            best.data_ptr(),
+            idx.data_ptr(),
+            threads,
+        )
+        slots = idx.long() * TILE + torch.arange(TILE)
+        rows = torch.where(idx >= 0, self.perm[slots.clamp_min(0)], -1)
+        lanes = best.topk(min(keep, TILE), dim=1, largest=False, sorted=True)[
+            1
+        ]  # best lane first: a real row
+        rows = rows.gather(1, lanes)
+        return torch.where(rows >= 0, rows, rows[:, :1])

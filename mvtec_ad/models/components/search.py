@@ -1,17 +1,21 @@
-"""The memory banks' nearest-neighbour search, by one of three backends.
+"""The memory banks' nearest-neighbour search, by one of four backends.
 
     exact_fp32  one float32 GEMM per chunk of queries (nearest.nearest_neighbours); what export traces
-    exact_bf16  one bfloat16 GEMM ranks the bank, the best few candidates are re-ranked in float32
+    exact_bf16  the whole bank ranked in bf16, the best few candidates re-ranked in float32: by the
+                fused kernel (native.py) on CPUs with AVX-512 BF16 and no AMX, else by torch's GEMM
+    ivf         an inverted file: k-means lists of ~ROWS_PER_LIST rows, each query's `ivf_nprobe`
+                nearest lists scanned by the fused kernel (queries grouped by list), float32 re-rank
     faiss       a faiss index (flat, IVF or HNSW) over the bank: the optional extra `.[faiss]`
-    auto        exact_bf16 where the device multiplies bf16 natively (CPUs with AVX512-BF16 or AMX,
-                CUDA GPUs from Ampere on), else exact_fp32: emulated bf16 is slower than float32
+    auto        ivf for banks of FLAT_BELOW rows or more where the fused kernel runs; else exact_bf16
+                where the device multiplies bf16 natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs
+                from Ampere on); else exact_fp32: emulated bf16 is slower than float32
 
 Every backend returns float32 distances recomputed from the differences to the rows it found,
 so a reported distance is always the exact distance to that row; the backends differ only in
-which row they find (exact_bf16 misses the exact nearest row for ~4 in 100,000 queries on
-magnetic_tile features; faiss IVF for a few in 1,000). What a backend derives from the bank (a
-bf16 table, a faiss index) is rebuilt whenever the bank changes and never saved: checkpoints
-hold the bank alone.
+which row they find (exact_bf16 misses the exact nearest row for ~1-4 in 10,000 queries on
+magnetic_tile features, ivf at 24 probes for ~9, faiss IVF for a few in 1,000). What a backend
+derives from the bank (a bf16 table, lists, a faiss index) is rebuilt whenever the bank changes
+and never saved: checkpoints hold the bank alone.
 """
 
 from __future__ import annotations
@@ -30,15 +34,15 @@ from mvtec_ad.models.components.nearest import (
     nearest_neighbours,
 )
 
-SearchName = Literal["auto", "exact_fp32", "exact_bf16", "faiss"]
-SEARCHES = ("auto", "exact_fp32", "exact_bf16", "faiss")
+SearchName = Literal["auto", "exact_fp32", "exact_bf16", "faiss", "ivf"]
+SEARCHES = ("auto", "exact_fp32", "exact_bf16", "faiss", "ivf")
 RERANK = 8  # bf16 candidates re-ranked in float32 per query: recall@1 0.99996 on magnetic_tile
+# (the fused kernel keeps the best 8 of its 32 lane minima: recall 0.9999 as with all 32, a sixth of the re-rank)
 GROUP = 16  # bank rows whose smallest bf16 score is taken at once: a strided, vectorised minimum
-NATIVE_CHUNK = (
-    2048  # queries per fused-kernel call and re-rank: their 32 candidate rows take 32 MB at D = 128
-)
+NATIVE_CHUNK = 2048  # queries per fused-kernel call and re-rank (8 candidate rows each: 10 MB at D = 152)
 FLAT_BELOW = 10_000  # `faiss_index: auto` searches smaller banks exhaustively (IndexFlatL2)
-ROWS_PER_LIST = 200  # `faiss_index: auto`: about this many bank rows per IVF list
+ROWS_PER_LIST = 200  # `faiss_index: auto` and ivf: about this many bank rows per IVF list
+IVF_NPROBE = 24  # ivf's lists probed per query: recall@1 1.0000 on 8,000 magnetic_tile patches (16: 0.9989)
 
 
 def _bf16_pair(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +150,7 @@ def bf16_nearest(
         if k > 1:  # lane minima hold one row per lane: k > 1 (a few queries in practice) goes exact
             return nearest_neighbours(queries, bank, k)
         found = [
-            _rerank(q, bank, table.native.candidates(q), 1)
+            _rerank(q, bank, table.native.candidates(q, RERANK), 1)
             for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
         ]
         shape = (*queries.shape[:-1], 1)
@@ -249,6 +253,43 @@ class FaissIndex:
         return distances.view(shape), indices.view(shape)
 
 
+class IvfTable:
+    """A bank [N, D] in k-means lists of ~ROWS_PER_LIST rows whose probed lists the fused kernel scans."""
+
+    def __init__(self, bank: torch.Tensor) -> None:
+        if bank.device.type != "cpu":
+            raise ConfigError(
+                "--model.search ivf runs on the CPU only; on a GPU pass --model.search exact_bf16."
+            )
+        lib = self.require()
+        self.bank = bank.float()
+        self.lists = max(1, round(len(bank) / ROWS_PER_LIST))
+        self.table = native.ListTable(self.bank, self.bank.mean(0), lib, self.lists)
+
+    @staticmethod
+    def require():
+        """The fused kernel, or a ConfigError saying why ivf cannot run and what to pass instead."""
+        lib = native.load()
+        if lib is None:
+            raise ConfigError(
+                "--model.search ivf needs the fused bf16 kernel: a CPU with AVX-512 BF16, a C compiler and "
+                f"{native.OFF} unset ({native.unsupported() or 'it could not be built'}); "
+                "pass --model.search exact_bf16 or faiss."
+            )
+        return lib
+
+    def nearest(self, queries: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.bank)
+        if n == 0 or k > 1:
+            return nearest_neighbours(queries, self.bank, k)
+        found = [
+            _rerank(q, self.bank, self.table.candidates(q, nprobe, RERANK), 1)
+            for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
+        ]
+        shape = (*queries.shape[:-1], 1)
+        return torch.cat([d for d, _ in found]).view(shape), torch.cat([i for _, i in found]).view(shape)
+
+
 class BankSearch:
     """Nearest rows of a memory bank by the chosen backend; what a backend derives from the bank is cached.
 
@@ -260,36 +301,49 @@ class BankSearch:
     """
 
     def __init__(
-        self, search: SearchName = "auto", faiss_index: str = "auto", faiss_nprobe: int = 16
+        self,
+        search: SearchName = "auto",
+        faiss_index: str = "auto",
+        faiss_nprobe: int = 16,
+        ivf_nprobe: int = IVF_NPROBE,
     ) -> None:
         if search not in SEARCHES:
             raise ConfigError(f"--model.search must be one of {', '.join(SEARCHES)}; got {search!r}.")
         if faiss_nprobe < 1:
             raise ConfigError(f"--model.faiss_nprobe must be at least 1, got {faiss_nprobe}.")
+        if ivf_nprobe < 1:
+            raise ConfigError(f"--model.ivf_nprobe must be at least 1, got {ivf_nprobe}.")
         if search == "faiss":
             require_faiss()  # at build time, not at the first test batch
+        if search == "ivf":
+            IvfTable.require()
         self.name = search
         self.faiss_index = faiss_index
         self.faiss_nprobe = faiss_nprobe
+        self.ivf_nprobe = ivf_nprobe
         self.last_backend: str | None = None
         self._key: tuple | None = None
-        self._prepared: Bf16Table | FaissIndex | None = None
+        self._prepared: Bf16Table | FaissIndex | IvfTable | None = None
 
-    def backend(self, device: torch.device) -> str:
-        """The backend that runs on `device`: the chosen one, or what `auto` picks there."""
+    def backend(self, device: torch.device, rows: int | None = None) -> str:
+        """The backend that runs on `device` for a bank of `rows`: the chosen one, or what `auto` picks
+        there: ivf for banks of FLAT_BELOW rows or more on a CPU the fused kernel runs on, else
+        exact_bf16 where bf16 runs in hardware, else exact_fp32."""
         if self.name != "auto":
             return self.name
+        if device.type == "cpu" and (rows is None or rows >= FLAT_BELOW) and native.load() is not None:
+            return "ivf"
         return "exact_bf16" if fast_bf16(device) else "exact_fp32"
 
-    def _prepare(self, bank: torch.Tensor) -> Bf16Table | FaissIndex:
+    def _prepare(self, bank: torch.Tensor) -> Bf16Table | FaissIndex | IvfTable:
         key = (bank.data_ptr(), bank._version, tuple(bank.shape), bank.device, bank.dtype)
         if key != self._key:
             self._prepared = None  # free the old one before building the new
-            build: Callable = (
-                Bf16Table
-                if self.backend(bank.device) == "exact_bf16"
-                else lambda b: FaissIndex(b, self.faiss_index, self.faiss_nprobe)
-            )
+            backend = self.backend(bank.device, bank.shape[-2])
+            build: Callable = {
+                "exact_bf16": Bf16Table,
+                "ivf": lambda b: IvfTable(b),
+            }.get(backend, lambda b: FaissIndex(b, self.faiss_index, self.faiss_nprobe))
             self._prepared, self._key = build(bank), key
         return self._prepared
 
@@ -297,7 +351,7 @@ class BankSearch:
         self, queries: torch.Tensor, bank: torch.Tensor, k: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances [..., Q, k] (ascending, float32) and indices of each query's k nearest bank rows."""
-        backend = self.backend(bank.device)
+        backend = self.backend(bank.device, bank.shape[-2])
         self.last_backend = backend
         exact = backend == "exact_fp32" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
         if exact or bank.dim() == 3:
@@ -305,6 +359,8 @@ class BankSearch:
         prepared = self._prepare(bank)
         if isinstance(prepared, Bf16Table):
             return bf16_nearest(queries, prepared, k)
+        if isinstance(prepared, IvfTable):
+            return prepared.nearest(queries, k, self.ivf_nprobe)
         return prepared.nearest(queries, k)
 
     def describe(self) -> str:
@@ -312,6 +368,8 @@ class BankSearch:
         name = self.last_backend or self.name
         if name == "exact_bf16" and isinstance(self._prepared, Bf16Table):
             name += ", fused kernel" if self._prepared.native is not None else ", torch GEMM"
+        if name == "ivf" and isinstance(self._prepared, IvfTable):
+            name += f" {self._prepared.lists} lists, nprobe {self.ivf_nprobe}"
         if not name.startswith("faiss"):
             return name if self.name != "auto" else f"auto: {name}"
         spec = self._prepared.spec if isinstance(self._prepared, FaissIndex) else self.faiss_index

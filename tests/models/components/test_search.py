@@ -9,6 +9,7 @@ import torch
 
 from mvtec_ad.errors import ConfigError, DependencyError
 from mvtec_ad.models.components import native
+from mvtec_ad.models.components import search as search_module
 from mvtec_ad.models.components.search import BankSearch, bf16_operands, faiss_spec
 from mvtec_ad.models.patchcore import PatchCoreModel
 from tests.helpers import tiny_dfr_kwargs
@@ -134,6 +135,8 @@ def test_unknown_search_and_bad_nprobe_name_the_option():
         BankSearch("annoy")
     with pytest.raises(ConfigError, match="--model.faiss_nprobe"):
         BankSearch("exact_bf16", faiss_nprobe=0)
+    with pytest.raises(ConfigError, match="--model.ivf_nprobe must be at least 1, got 0"):
+        BankSearch("ivf", ivf_nprobe=0)
 
 
 def test_faiss_missing_names_the_extra(monkeypatch):
@@ -187,3 +190,45 @@ def test_describe_names_the_bf16_implementation(bf16_path):
         assert search.describe() == "auto: exact_bf16, fused kernel"
     else:
         assert search.describe() == "exact_bf16, torch GEMM"
+
+
+def ivf_or_skip():
+    if native.load() is None:
+        pytest.skip(f"ivf needs the fused kernel: {native.unsupported() or 'it could not be built'}")
+
+
+def test_ivf_recall_at_1_on_clustered_rows_and_fp32_distances():
+    ivf_or_skip()
+    queries, bank = clustered(12_000, 2000, dim=32, clusters=64, seed=13)
+    search = BankSearch("ivf", ivf_nprobe=16)
+    distances, indices = search(queries, bank)
+    expected = brute_force(queries, bank)
+    recall = float((indices[:, 0] == expected.indices[:, 0]).float().mean())
+    assert recall >= 0.99, recall
+    assert torch.equal(distances[:, 0], (queries - bank[indices[:, 0]]).norm(dim=-1))  # fp32-exact
+    assert search.describe() == "ivf 60 lists, nprobe 16"
+
+
+def test_ivf_probing_every_list_is_exhaustive():
+    ivf_or_skip()
+    queries, bank = gaussian(3001, 500, dim=40, seed=8)
+    _, indices = BankSearch("ivf", ivf_nprobe=1000)(queries, bank)  # more probes than lists: all
+    assert torch.equal(indices, brute_force(queries, bank).indices)
+
+
+def test_ivf_without_the_kernel_names_the_alternatives(monkeypatch):
+    monkeypatch.setattr(native, "load", lambda: None)
+    with pytest.raises(
+        ConfigError, match="--model.search ivf needs the fused bf16 kernel.*exact_bf16 or faiss"
+    ):
+        BankSearch("ivf")(torch.randn(3, 8), torch.randn(100, 8))
+
+
+def test_auto_takes_ivf_for_large_banks_where_the_kernel_runs(monkeypatch):
+    search, cpu = BankSearch("auto"), torch.device("cpu")
+    if native.load() is not None:
+        assert search.backend(cpu, 20_000) == "ivf"
+    small = search.backend(cpu, 9_999)  # a small bank is searched exhaustively
+    assert small == ("exact_bf16" if search_module.fast_bf16(cpu) else "exact_fp32")
+    monkeypatch.setattr(native, "load", lambda: None)  # no kernel (no compiler, MVTEC_AD_NATIVE=0)
+    assert search.backend(cpu, 20_000) == small
