@@ -12,7 +12,8 @@ In the same process it then measures, on the same decoded test images at the sam
   backbone_img_s  the backbone alone (the model's FeatureExtractor forward, nothing else) in
                   batches of the test batch size: the ceiling a memory bank's test could reach
   ratio           test_img_s / backbone_img_s (the whole test run against the backbone alone)
-  model_img_s     the whole model (backbone, search, map) on the same batches: no decoding,
+  model_img_s     the whole model (backbone, search, map) on the same batches, alternating with
+                  the backbone batch by batch (both see the same machine): no decoding,
                   evaluation or report, which every detector shares
   model_ratio     model_img_s / backbone_img_s: what the search costs on top of the backbone
   model_ms        median latency of one image through the whole model (batch 1, map included)
@@ -107,14 +108,17 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
     with torch.inference_mode():
         images = [b.image.to(device) for b in batches]
         net.extractor(images[0])  # warm-up
-        start = time.perf_counter()
+        # backbone and model alternate batch by batch, so a slow spell of a shared machine slows
+        # both alike instead of skewing their ratio (run one after the other, the backbone's
+        # throughput swung 115-175 img/s between rows)
+        backbone_seconds = model_seconds = 0.0
         for x in images:
+            start = time.perf_counter()
             net.extractor(net.network_input(net.pre_processor(x)))
-        backbone_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        for x in images:
+            middle = time.perf_counter()
             net(x)
-        model_seconds = time.perf_counter() - start
+            backbone_seconds += middle - start
+            model_seconds += time.perf_counter() - middle
         singles = [b.image[i : i + 1].to(device) for b in batches for i in range(len(b.image))]
         singles = singles[:: max(1, len(singles) // args.latency_images)][: args.latency_images]
         model_ms = median_ms(lambda x: net(x), singles)

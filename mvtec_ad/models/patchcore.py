@@ -67,9 +67,10 @@ class PatchCoreModel(Detector, ResizableBuffers):
             bank_dtype: float16 halves the bank (distances are still float32).
             coreset_seed: seed of the projection and the coreset's first pick.
             search: nearest-neighbour backend (mvtec_ad.models.components.search): exact_fp32,
-                exact_bf16 (bf16 GEMM, float32 re-rank), faiss, ivf (inverted file, fused kernel), or auto (the default: exact_bf16
-                where bf16 runs in hardware, else exact_fp32). Any backend but exact_fp32 also
-                runs the coreset's distance updates in bf16.
+                exact_bf16 (bf16 ranking, float32 re-rank), ivf (k-means lists scanned by the fused
+                bf16 kernel), faiss, or auto (the default: ivf for banks of 10k+ rows where the
+                kernel runs, else exact_bf16 where bf16 runs in hardware, else exact_fp32). Any
+                backend but exact_fp32 also runs the coreset's distance updates in bf16.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
             faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
             ivf_nprobe: lists probed per query by search ivf (k-means lists of ~200 rows scanned
