@@ -20,7 +20,7 @@ from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead
-from mvtec_ad.models.components.search import BankSearch, SearchName
+from mvtec_ad.models.components.search import IVF_NPROBE, BankSearch, SearchName
 
 BankDtype = Literal["float32", "float16"]
 
@@ -43,7 +43,7 @@ class KNNModel(Detector, ResizableBuffers):
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
-        ivf_nprobe: int = 24,
+        ivf_nprobe: int = IVF_NPROBE,
         **geometry,
     ) -> None:
         """

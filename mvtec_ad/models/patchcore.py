@@ -24,7 +24,7 @@ from mvtec_ad.models.components.coreset import greedy_coreset
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector, fill_outside
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
-from mvtec_ad.models.components.search import BankSearch, SearchName
+from mvtec_ad.models.components.search import IVF_NPROBE, BankSearch, SearchName
 from mvtec_ad.models.knn import BankDtype
 from mvtec_ad.progress import steps
 
@@ -50,7 +50,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
-        ivf_nprobe: int = 24,
+        ivf_nprobe: int = IVF_NPROBE,
         score: Literal["max", "window_max"] = "max",
         score_window: int = 3,
         **geometry,

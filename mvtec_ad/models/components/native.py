@@ -1,11 +1,12 @@
 """The fused bf16 search kernel (kernels/bf16_lanemin.c): built on first use, loaded with ctypes.
 
 On CPUs with AVX-512 BF16 but no AMX (AMD Zen 4/5, Intel Cooper Lake) torch's bf16 GEMM reaches
-~250 GFLOP/s on 2 cores and writes every score; the fused kernel reaches ~370 and writes none
-(benchmarks/memory_bank.py). On AMX CPUs oneDNN's GEMM is faster still, so there the torch path
-stays. The kernel is compiled once per source version with the system C compiler (`cc`, or $CC)
-into the user's cache folder; without a compiler, or with MVTEC_AD_NATIVE=0, search falls back
-to the torch path with one warning. Nothing is downloaded and no compiled file ships in the package.
+~250 GFLOP/s on 2 cores and writes every score; the fused kernel reaches ~380 and writes none
+(README, Benchmarks). On AMX CPUs oneDNN's GEMM is faster still, so exact_bf16 keeps it there;
+ivf needs the kernel on any CPU. The kernel is compiled once per source version with the system
+C compiler (`cc`, or $CC) into the user's cache folder; without a compiler search falls back to
+the torch path with one warning, and MVTEC_AD_NATIVE=0 turns the kernel off silently. Nothing is
+downloaded and no compiled file ships in the package.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ NQ = 12  # queries per register tile (the kernel's NQ)
 TILE = 32  # bank rows per register tile (the kernel's TILE): candidates per query
 KMEANS_SAMPLE = 256  # training rows per k-means centroid
 MAX_LISTS = 4096  # lists of the largest banks (~250 rows each at 1M rows)
-QUERY_CHUNK = 12 * 1024  # queries per kernel call: bounds the [Q, 32] minima to 3 MB
 OFF = "MVTEC_AD_NATIVE"  # "0" turns the kernel off
 
 
@@ -132,40 +132,52 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
+def tile_layout(rows: torch.Tensor) -> torch.Tensor:
+    """bf16 rows [tiles * 32, 2 * k2] as the kernel reads them: [tiles, pair, half, lane, 2], one
+    64-byte vector per (tile, column pair, half of 16 rows)."""
+    k2 = rows.shape[1] // 2
+    return rows.view(-1, 2, 16, k2, 2).permute(0, 3, 1, 2, 4).contiguous()
+
+
+def query_operand(queries: torch.Tensor, centre: torch.Tensor, d: int, k2: int) -> torch.Tensor:
+    """Queries [Q, d] as the kernel's right operand: bf16 pairs of -2 (q - centre), one int32 a pair [Q, k2].
+
+    Refuses queries of another width than the bank's (padding would crop or mis-pair them silently).
+    """
+    if queries.dim() != 2 or queries.shape[1] != d:
+        raise ValueError(
+            f"queries of shape {tuple(queries.shape)} against a memory bank of {d}-dim rows: "
+            "the features must come from the backbone and layers the bank was fitted with."
+        )
+    operand = torch.nn.functional.pad((queries.detach().cpu().float() - centre) * -2.0, (0, 2 * k2 - d))
+    return operand.bfloat16().view(torch.int32)
+
+
 class LaneMinTable:
     """A float32 bank [N, D] laid out for the kernel: centred bf16 rows in tiles of 32, their norms."""
 
     def __init__(self, bank: torch.Tensor, centre: torch.Tensor, lib: ctypes.CDLL) -> None:
         self.lib = lib
         self.n, self.d = bank.shape
-        d = self.d
-        self.k2 = (d + 1) // 2
+        self.k2 = (self.d + 1) // 2
         self.tiles = max(1, -(-self.n // TILE))
-        pad_rows, pad_cols = self.tiles * TILE - self.n, 2 * self.k2 - d
+        pad_rows, pad_cols = self.tiles * TILE - self.n, 2 * self.k2 - self.d
         rows = torch.nn.functional.pad(bank.detach().cpu().float() - centre.cpu(), (0, pad_cols)).bfloat16()
         norms = rows.float().square().sum(1)
         self.norms = torch.cat([norms, norms.new_full((pad_rows,), 1e30)]).contiguous()
         rows = torch.cat([rows, rows.new_zeros(pad_rows, 2 * self.k2)])
-        # [tiles, half, lane, pair, 2] -> [tiles, pair, half, lane, 2]: one 64-byte vector per (pair, half)
-        self.rows = rows.view(self.tiles, 2, 16, self.k2, 2).permute(0, 3, 1, 2, 4).contiguous()
+        self.rows = tile_layout(rows)
         self.centre = centre.cpu()
 
     def candidates(self, queries: torch.Tensor, keep: int = TILE) -> torch.Tensor:
         """Rows [Q, keep] (int64): the `keep` best of the lane minima (per lane l, the row t * 32 + l
         with the smallest bf16 distance to the query), for queries [Q, D]."""
-        if queries.dim() != 2 or queries.shape[1] != self.d:
-            raise ValueError(
-                f"queries of shape {tuple(queries.shape)} against a memory bank of {self.d}-dim rows: "
-                "the features must come from the backbone and layers the bank was fitted with."
-            )
-        found = [self._candidates(chunk, min(keep, TILE)) for chunk in queries.split(QUERY_CHUNK)]
-        return torch.cat(found) if found else queries.new_zeros((0, min(keep, TILE)), dtype=torch.long)
-
-    def _candidates(self, queries: torch.Tensor, keep: int) -> torch.Tensor:
-        q = len(queries)
-        pad_q, pad_cols = (-q) % NQ, 2 * self.k2 - queries.shape[1]
-        operand = torch.nn.functional.pad((queries.float() - self.centre) * -2.0, (0, pad_cols, 0, pad_q))
-        operand = operand.bfloat16().view(torch.int32).view(-1, NQ, self.k2).transpose(1, 2).contiguous()
+        q, keep = len(queries), min(keep, TILE)
+        operand = torch.nn.functional.pad(
+            query_operand(queries, self.centre, self.d, self.k2), (0, 0, 0, (-q) % NQ)
+        )
+        # NQ queries interleaved per column pair: [query tiles, k2, NQ]
+        operand = operand.view(-1, NQ, self.k2).transpose(1, 2).contiguous()
         qtiles = len(operand)
         best = torch.empty(qtiles * NQ, TILE)
         idx = torch.empty(qtiles * NQ, TILE, dtype=torch.int32)
@@ -239,7 +251,7 @@ class ListTable:
         norms = torch.full((self.tiles * TILE,), 1e30)
         norms[slot] = rows[order].float().square().sum(1)
         self.norms = norms.contiguous()
-        self.rows = padded.view(self.tiles, 2, 16, self.k2, 2).permute(0, 3, 1, 2, 4).contiguous()
+        self.rows = tile_layout(padded)
         self.centre = centre.cpu()
 
     def candidates(self, queries: torch.Tensor, nprobe: int, keep: int = TILE) -> torch.Tensor:
@@ -247,15 +259,13 @@ class ListTable:
         over the rows of the `nprobe` lists nearest each query [Q, D]; a lane that saw no row
         repeats the query's best row."""
         q = len(queries)
+        operand = query_operand(queries, self.centre, self.d, self.k2).contiguous()
         x = queries.detach().cpu().float() - self.centre
-        nprobe = min(nprobe, self.lists)
         near = torch.addmm((self.centroids * self.centroids).sum(1), x, self.centroids.T, alpha=-2.0)
-        probes = near.topk(nprobe, dim=1, largest=False)[1]  # [Q, nprobe]
+        probes = near.topk(min(nprobe, self.lists), dim=1, largest=False)[1]  # [Q, nprobe]
         key = (probes * q + torch.arange(q)[:, None]).flatten().sort()[0]  # by list, then query
         probe_q = (key % q).to(torch.int32).contiguous()
         probe_ptr = torch.cat([key.new_zeros(1), torch.bincount(key // q, minlength=self.lists).cumsum(0)])
-        operand = torch.nn.functional.pad(x * -2.0, (0, 2 * self.k2 - self.d)).bfloat16()
-        operand = operand.view(torch.int32).contiguous()
         best = torch.empty(q, TILE)
         idx = torch.empty(q, TILE, dtype=torch.int32)
         threads = max(1, min(torch.get_num_threads(), q))
@@ -275,8 +285,6 @@ class ListTable:
         )
         slots = idx.long() * TILE + torch.arange(TILE)
         rows = torch.where(idx >= 0, self.perm[slots.clamp_min(0)], -1)
-        lanes = best.topk(min(keep, TILE), dim=1, largest=False, sorted=True)[
-            1
-        ]  # best lane first: a real row
+        lanes = best.topk(min(keep, TILE), dim=1, largest=False, sorted=True)[1]  # best first: a real row
         rows = rows.gather(1, lanes)
         return torch.where(rows >= 0, rows, rows[:, :1])

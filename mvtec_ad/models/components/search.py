@@ -20,6 +20,7 @@ and never saved: checkpoints hold the bank alone.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Literal
 
@@ -137,6 +138,19 @@ def _grouped_candidates(scores: torch.Tensor, groups: int, r: int) -> torch.Tens
     return torch.cat([first, others], 1)
 
 
+def _kernel_nearest(
+    queries: torch.Tensor, bank: torch.Tensor, candidates: Callable[[torch.Tensor, int], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest row of each query [..., Q, D] from the fused kernel's `candidates(queries, RERANK)`,
+    re-ranked in float32, in chunks of NATIVE_CHUNK queries: distances and indices [..., Q, 1]."""
+    found = [
+        _rerank(q, bank, candidates(q, RERANK), 1)
+        for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
+    ]
+    shape = (*queries.shape[:-1], 1)
+    return torch.cat([d for d, _ in found]).view(shape), torch.cat([i for _, i in found]).view(shape)
+
+
 def bf16_nearest(
     queries: torch.Tensor, table: Bf16Table, k: int = 1, chunk_elements: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,12 +163,7 @@ def bf16_nearest(
     if table.native is not None:
         if k > 1:  # lane minima hold one row per lane: k > 1 (a few queries in practice) goes exact
             return nearest_neighbours(queries, bank, k)
-        found = [
-            _rerank(q, bank, table.native.candidates(q, RERANK), 1)
-            for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
-        ]
-        shape = (*queries.shape[:-1], 1)
-        return torch.cat([d for d, _ in found]).view(shape), torch.cat([i for _, i in found]).view(shape)
+        return _kernel_nearest(queries, bank, table.native.candidates)
     if chunk_elements is None:
         chunk_elements = CPU_CHUNK_ELEMENTS if bank.device.type == "cpu" else CHUNK_ELEMENTS
     flat = queries.reshape(-1, queries.shape[-1]).float()
@@ -267,7 +276,7 @@ class IvfTable:
         self.table = native.ListTable(self.bank, self.bank.mean(0), lib, self.lists)
 
     @staticmethod
-    def require():
+    def require() -> ctypes.CDLL:
         """The fused kernel, or a ConfigError saying why ivf cannot run and what to pass instead."""
         lib = native.load()
         if lib is None:
@@ -282,12 +291,7 @@ class IvfTable:
         n = len(self.bank)
         if n == 0 or k > 1:
             return nearest_neighbours(queries, self.bank, k)
-        found = [
-            _rerank(q, self.bank, self.table.candidates(q, nprobe, RERANK), 1)
-            for q in queries.reshape(-1, queries.shape[-1]).float().split(NATIVE_CHUNK)
-        ]
-        shape = (*queries.shape[:-1], 1)
-        return torch.cat([d for d, _ in found]).view(shape), torch.cat([i for _, i in found]).view(shape)
+        return _kernel_nearest(queries, self.bank, lambda q, keep: self.table.candidates(q, nprobe, keep))
 
 
 class BankSearch:
@@ -342,7 +346,7 @@ class BankSearch:
             backend = self.backend(bank.device, bank.shape[-2])
             build: Callable = {
                 "exact_bf16": Bf16Table,
-                "ivf": lambda b: IvfTable(b),
+                "ivf": IvfTable,
             }.get(backend, lambda b: FaissIndex(b, self.faiss_index, self.faiss_nprobe))
             self._prepared, self._key = build(bank), key
         return self._prepared

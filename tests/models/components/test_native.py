@@ -158,3 +158,10 @@ def test_kmeans_trains_on_a_sample_and_assigns_every_row(monkeypatch):
     )
     inertia = (rows - means[assign]).square().sum(1).mean()
     assert inertia < (rows - rows.mean(0)).square().sum(1).mean() / 5
+
+
+def test_list_table_refuses_queries_of_another_width():
+    lib = kernel_or_skip()
+    table = native.ListTable(torch.randn(100, 16), torch.zeros(16), lib, lists=3)
+    with pytest.raises(ValueError, match=r"queries of shape \(3, 18\) against a memory bank of 16-dim rows"):
+        table.candidates(torch.randn(3, 18), nprobe=2)
