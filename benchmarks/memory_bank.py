@@ -60,9 +60,9 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
     from mvtec_ad.commands.lightning import AnomalyTrainer
     from mvtec_ad.data.datamodule import AnomalyDataModule
     from mvtec_ad.data.dataset import collate_batch
-    from mvtec_ad.models.components.nearest import nearest_neighbours
     from mvtec_ad.models.knn import KNN
     from mvtec_ad.models.patchcore import PatchCore
+    from mvtec_ad.search.nearest import nearest_neighbours
 
     seed_everything(42)
     config = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "demo" / f"{detector}.yaml"))

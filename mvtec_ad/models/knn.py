@@ -20,7 +20,7 @@ from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead
-from mvtec_ad.models.components.search import IVF_NPROBE, BankSearch, SearchName
+from mvtec_ad.search.bank import IVF_NPROBE, BankSearch, SearchName
 
 BankDtype = Literal["float32", "float16"]
 
@@ -54,7 +54,7 @@ class KNNModel(Detector, ResizableBuffers):
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the patch bank's memory (distances are still float32).
             search, faiss_index, faiss_nprobe, ivf_nprobe: the nearest-neighbour backend of the image bank
-                (see mvtec_ad.models.components.search); the patch search among the k neighbour
+                (see mvtec_ad.search); the patch search among the k neighbour
                 images (a few hundred rows each) is always exact_fp32.
             **geometry: the input geometry (image_size) of mvtec_ad.models.components.detector.Detector.
         """

@@ -24,9 +24,10 @@ from mvtec_ad.models.components.coreset import greedy_coreset
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector, fill_outside
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
-from mvtec_ad.models.components.search import IVF_NPROBE, BankSearch, SearchName
 from mvtec_ad.models.knn import BankDtype
 from mvtec_ad.progress import steps
+from mvtec_ad.search import cpu
+from mvtec_ad.search.bank import IVF_NPROBE, BankSearch, SearchName
 
 
 class PatchCoreModel(Detector, ResizableBuffers):
@@ -66,11 +67,11 @@ class PatchCoreModel(Detector, ResizableBuffers):
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the bank (distances are still float32).
             coreset_seed: seed of the projection and the coreset's first pick.
-            search: nearest-neighbour backend (mvtec_ad.models.components.search): exact_fp32,
+            search: nearest-neighbour backend (mvtec_ad.search): exact_fp32,
                 exact_bf16 (bf16 ranking, float32 re-rank), ivf (k-means lists scanned by the fused
                 bf16 kernel), faiss, or auto (the default: ivf for banks of 10k+ rows where the
-                kernel runs, else exact_bf16 where bf16 runs in hardware, else exact_fp32). Any
-                backend but exact_fp32 also runs the coreset's distance updates in bf16.
+                kernel runs, else faiss, see mvtec_ad.search.bank). The coreset's distance updates
+                run in bf16 where the device multiplies bf16 in hardware, unless search is exact_fp32.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
             faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
             ivf_nprobe: lists probed per query by search ivf (k-means lists of ~200 rows scanned
@@ -111,7 +112,10 @@ class PatchCoreModel(Detector, ResizableBuffers):
         flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
         if self.coreset_ratio < 1.0:
             n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
-            precision = "fp32" if self.search.backend(flat.device) == "exact_fp32" else "bf16"
+            # bf16 updates only where the device multiplies bf16 in hardware (AVX2 emulates it, ~10x
+            # slower than float32); exact_fp32 asks for exactness, so its coreset stays float32 too
+            exact = self.search.backend(flat.device) == "exact_fp32"
+            precision = "bf16" if cpu.fast_bf16(flat.device) and not exact else "fp32"
             flat = flat[
                 greedy_coreset(
                     flat,

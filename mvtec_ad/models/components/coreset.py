@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mvtec_ad.models.components.nearest import squared_distances
-from mvtec_ad.models.components.search import bf16_operands
+from mvtec_ad.search.bf16 import bf16_operands
+from mvtec_ad.search.nearest import squared_distances
 
 CORESET_CHUNK = 1 << 20  # row x pick distances held at once by the coreset (4 MB: stays in cache)
 CANDIDATES = 1024  # rows the coreset examines per round

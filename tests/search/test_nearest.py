@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mvtec_ad.models.components.nearest import nearest_neighbours, squared_distances
+from mvtec_ad.search.nearest import nearest_neighbours, squared_distances
 
 
 def brute_force(queries, bank, k):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from mvtec_ad.errors import ConfigError, DependencyError
-from mvtec_ad.models.components import native
-from mvtec_ad.models.components import search as search_module
-from mvtec_ad.models.components.search import BankSearch, bf16_operands, faiss_spec
 from mvtec_ad.models.patchcore import PatchCoreModel
+from mvtec_ad.search import cpu, native
+from mvtec_ad.search.bank import BankSearch
+from mvtec_ad.search.bf16 import bf16_operands
+from mvtec_ad.search.faiss_index import faiss_spec
 from tests.helpers import tiny_dfr_kwargs
 
 
@@ -141,7 +142,7 @@ def test_unknown_search_and_bad_nprobe_name_the_option():
 
 def test_faiss_missing_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
-    with pytest.raises(DependencyError, match=r"pip install -e '\.\[faiss\]'"):
+    with pytest.raises(DependencyError, match=r"pip install faiss-cpu \(a dependency of mvtec_ad"):
         BankSearch("faiss")
     with pytest.raises(DependencyError, match="--model.search faiss"):
         PatchCoreModel(**tiny_dfr_kwargs(), search="faiss", image_size=64)
@@ -224,11 +225,14 @@ def test_ivf_without_the_kernel_names_the_alternatives(monkeypatch):
         BankSearch("ivf")(torch.randn(3, 8), torch.randn(100, 8))
 
 
-def test_auto_takes_ivf_for_large_banks_where_the_kernel_runs(monkeypatch):
-    search, cpu = BankSearch("auto"), torch.device("cpu")
+def test_auto_takes_ivf_where_the_kernel_runs_else_faiss_for_large_banks(monkeypatch):
+    search, dev = BankSearch("auto"), torch.device("cpu")
     if native.load() is not None:
-        assert search.backend(cpu, 20_000) == "ivf"
-    small = search.backend(cpu, 9_999)  # a small bank is searched exhaustively
-    assert small == ("exact_bf16" if search_module.fast_bf16(cpu) else "exact_fp32")
-    monkeypatch.setattr(native, "load", lambda: None)  # no kernel (no compiler, MVTEC_AD_NATIVE=0)
-    assert search.backend(cpu, 20_000) == small
+        assert search.backend(dev, 20_000) == "ivf"
+    small = search.backend(dev, 9_999)  # a small bank is searched exhaustively
+    assert small == ("exact_bf16" if cpu.fast_bf16(dev) else "exact_fp32")
+    monkeypatch.setattr(native, "load", lambda: None)  # no kernel (AVX2, ARM, no compiler, MVTEC_AD_NATIVE=0)
+    assert search.backend(dev, 20_000) == "faiss"
+    assert search.backend(dev, 9_999) == small
+    monkeypatch.setitem(sys.modules, "faiss", None)  # faiss broken or removed: exhaustive, never an error
+    assert search.backend(dev, 20_000) == small

@@ -7,8 +7,9 @@ import warnings
 import pytest
 import torch
 
-from mvtec_ad.models.components import native, search
-from mvtec_ad.models.components.search import BankSearch
+from mvtec_ad.search import native
+from mvtec_ad.search.bank import BankSearch
+from mvtec_ad.search.bf16 import Bf16Table
 
 
 def kernel_or_skip():
@@ -115,7 +116,7 @@ def test_no_compiler_falls_back_to_torch_with_one_warning(fresh_kernel, monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the warning was said once, at the first load
         _, indices = BankSearch("exact_bf16")(queries, bank)
-    assert search.Bf16Table(bank).native is None
+    assert Bf16Table(bank).native is None
     assert torch.equal(indices, torch.cdist(queries, bank).argmin(1, keepdim=True))
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from mvtec_ad.search import cpu
+
 SOURCE = Path(__file__).with_name("kernels") / "bf16_lanemin.c"
 FLAGS = (
     "-O3",
@@ -56,14 +58,16 @@ def unsupported() -> str | None:
         return f"{OFF}=0"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"not an x86-64 CPU ({platform.machine()})"
-    if not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+    if cpu.simulated():
+        return f"{cpu.OVERRIDE}={cpu.simulated()}: the CPU is seen as plain AVX2"
+    if not cpu.has_avx512_bf16():
         return "the CPU has no AVX-512 BF16"
     return None
 
 
 def amx() -> bool:
     """Whether the CPU has AMX tiles: there oneDNN's bf16 GEMM (~1,200 GFLOP/s on 2 cores) beats the kernel."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return cpu.has_amx()
 
 
 def build(target: Path) -> None:

@@ -93,3 +93,15 @@ def nearest_neighbours(
         distances.append(dist)
         indices.append(idx)
     return torch.cat(distances, -2), torch.cat(indices, -2)
+
+
+def rerank(
+    queries: torch.Tensor, bank: torch.Tensor, candidates: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact float32 distances to candidate rows [..., Q, r]; the k nearest of them, ascending."""
+    distances = (queries.unsqueeze(-2) - gather_rows(bank, candidates)).norm(dim=-1)
+    if k == 1:
+        best = distances.argmin(-1, keepdim=True)
+        return distances.gather(-1, best), candidates.gather(-1, best)
+    distances, order = distances.topk(k, dim=-1, largest=False)  # sorted ascending
+    return distances, candidates.gather(-1, order)
