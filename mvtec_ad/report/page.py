@@ -19,6 +19,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from mvtec_ad.report.files import write_text
 from mvtec_ad.report.gallery import Card
@@ -208,6 +209,17 @@ def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def link(path: str | Path) -> str:
+    """A relative file path as the URL a page links it by: each segment percent-encoded.
+
+    '#', '?', '%' (and ':' that would start a scheme) are then part of a name, not a fragment, a
+    query, an escape or a javascript: link. Every href and src of the pages goes through it (then
+    through esc, as every attribute). Names that are not UTF-8 keep their bytes (surrogateescape).
+    """
+    parts = Path(path).as_posix().split("/")
+    return "/".join(quote(part, safe="", errors="surrogateescape") for part in parts)
+
+
 def number(value: object) -> str:
     """A metric as the page shows it: 4 significant decimals, integers as they are, null as –."""
     if value is None:
@@ -257,7 +269,7 @@ def card_html(card: Card, threshold: float | None) -> str:
         "data-path": card.path,
         "data-defect": card.defect or "",
         "data-outcome": outcome or (badge if verdict is not None else ""),
-        "data-files": json.dumps(card.files),
+        "data-files": json.dumps({role: link(file) for role, file in card.files.items()}),
         "data-detail": " · ".join(detail),
     }
     attributes = " ".join(f'{k}="{esc(v)}"' for k, v in attrs.items())
@@ -267,7 +279,7 @@ def card_html(card: Card, threshold: float | None) -> str:
     defect_html = f'<span class="defect">{esc(card.defect)}</span>' if card.defect else ""
     return (
         f"<figure {attributes}>"
-        f'<img loading="lazy" decoding="async" src="{esc(card.files["thumb"])}" alt="{esc(path.name)}">'
+        f'<img loading="lazy" decoding="async" src="{esc(link(card.files["thumb"]))}" alt="{esc(path.name)}">'
         f'<figcaption>{defect_html}<span class="score">{card.score:.4g}</span> {badge_html}'
         f'<div class="file">{esc(path.parent.name)}/{esc(path.name)}</div></figcaption></figure>'
     )
@@ -336,7 +348,7 @@ def run_page_html(
         )
     if charts:
         figures = "".join(
-            f'<figure><a href="{esc(src)}"><img src="{esc(src)}" alt="{esc(name)}"></a>'
+            f'<figure><a href="{esc(link(src))}"><img src="{esc(link(src))}" alt="{esc(name)}"></a>'
             f"<figcaption>{esc(name)}</figcaption></figure>"
             for name, src in charts
         )

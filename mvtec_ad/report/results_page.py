@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mvtec_ad.report.files import write_text
-from mvtec_ad.report.page import esc
+from mvtec_ad.report.page import esc, link
 
 PAGE_METRICS = {
     "image_auroc": "image AUROC",
@@ -89,14 +89,14 @@ SCRIPT = """
 
 
 def report_link(row: dict, page_dir: Path) -> str | None:
-    """The run's report page (or, for a failed run, its train.log) relative to the page's folder."""
+    """The URL of the run's report page (or, for a failed run, its train.log) relative to the page's folder."""
     run_dir = Path(str(row.get("run_dir") or ""))
     if not row.get("run_dir"):
         return None
     target = run_dir / "report" / "index.html" if row["status"] == "ok" else run_dir / "train.log"
     if row["status"] != "ok" and not target.exists():
         target = next(run_dir.rglob("train.log"), target)
-    return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+    return link(os.path.relpath(target.resolve(), page_dir.resolve()))
 
 
 def finite(value) -> float | None:
