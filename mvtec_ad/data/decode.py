@@ -6,6 +6,7 @@ leave as RGB uint8, masks as {0, 1} uint8, so every detector sees one kind of in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,21 +33,63 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
-PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
-TAIL = 1024  # bytes searched for a JPEG's end marker (cameras may append a few after it)
+JPEG_START = b"\xff\xd8"
+PNG_START = b"\x89PNG\r\n\x1a\n"
+# JPEG markers without a length field: TEM, RST0-7, SOI (EOI ends the walk)
+STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+# where a scan's entropy-coded data ends: an 0xFF that is no stuffed byte, no restart marker, no fill byte
+SCAN_END = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether the JPEG's segments, walked as libjpeg reads them, reach the end-of-image marker.
+
+    Lengths are skipped and scans run to their next marker, so an end marker inside an EXIF
+    thumbnail does not count and bytes a camera appends after the real one do not matter.
+    """
+    position = len(JPEG_START)
+    while (position := data.find(b"\xff", position)) >= 0:  # libjpeg skips stray bytes to a marker
+        while position < len(data) and data[position] == 0xFF:  # fill bytes
+            position += 1
+        if position >= len(data):
+            return False
+        marker, position = data[position], position + 1
+        if marker == 0xD9:
+            return True
+        if marker in STANDALONE_MARKERS or marker == 0x00:
+            continue
+        position += int.from_bytes(data[position : position + 2], "big")
+        if marker == 0xDA:  # start of scan: its entropy-coded data follows the header
+            end = SCAN_END.search(data, position)
+            if end is None:
+                return False
+            position = end.start()
+    return False
+
+
+def png_complete(data: bytes) -> bool:
+    """Whether the PNG's chunks, walked by their lengths, reach a whole IEND chunk (trailing bytes aside)."""
+    position = len(PNG_START)
+    while position + 8 <= len(data):
+        length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        position += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return position <= len(data)
+    return False
 
 
 def incomplete(data: bytes) -> str | None:
-    """Why JPEG or PNG data is truncated (its end marker is missing), or None when it is complete.
+    """Why JPEG or PNG data is truncated (it ends before its end marker), or None when it is complete.
 
     cv2 decodes a truncated JPEG without an error (libjpeg fills the rest grey and prints a
     warning that names no file), so truncation is checked on the bytes, by their format not
-    their name. Other formats are left to the decoder.
+    their name: the file's structure is walked to its end marker, as the decoder reads it, so any
+    data appended after that marker (cameras and tools do) is no reason to refuse a file. Other
+    formats are left to the decoder.
     """
-    if data.startswith(JPEG_START) and JPEG_END not in data[-TAIL:]:
+    if data.startswith(JPEG_START) and not jpeg_complete(data):
         return "the JPEG data ends before its end-of-image marker (the file is truncated)"
-    if data.startswith(PNG_START) and PNG_END not in data[-TAIL:]:
+    if data.startswith(PNG_START) and not png_complete(data):
         return "the PNG data ends before its IEND chunk (the file is truncated)"
     return None
 

@@ -34,6 +34,31 @@ def test_a_jpeg_with_bytes_after_its_end_marker_still_decodes(tmp_path):
     assert decode_image(path).shape == (40, 48, 3)
 
 
+@pytest.mark.parametrize(("suffix", "progressive"), [(".jpg", 0), (".jpg", 1), (".png", 0)])
+def test_a_complete_file_with_kilobytes_after_its_end_still_decodes(tmp_path, suffix, progressive):
+    path = tmp_path / f"camera{suffix}"
+    image = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+    trailer = b"MakerTrailer" + np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    assert b"\xff\xd9" not in trailer and b"IEND" not in trailer
+    path.write_bytes(path.read_bytes() + trailer)  # cameras and tools append data after the end marker
+    assert decode_image(path).shape == (40, 48, 3)
+    assert decode_mask(path).shape == (40, 48)
+
+
+def test_an_end_marker_inside_an_exif_thumbnail_does_not_hide_a_truncation(tmp_path):
+    thumbnail = cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))[1].tobytes()
+    app1 = b"Exif\x00\x00" + thumbnail  # a camera's thumbnail: a whole JPEG, end marker included
+    main = noisy_jpeg(tmp_path / "main.jpg").read_bytes()
+    path = tmp_path / "camera.jpg"
+    path.write_bytes(main[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + main[2:])
+    assert decode_image(path).shape == (40, 48, 3)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - len(main) // 3])
+    with pytest.raises(DataError, match="JPEG data ends before its end-of-image marker"):
+        decode_image(path)
+
+
 def test_a_truncated_test_image_fails_the_setup_before_any_fit(tmp_path):
     root = make_category(tmp_path / "data")
     victim = root / "widget" / "test" / "crack" / "001.png"
