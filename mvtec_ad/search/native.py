@@ -6,17 +6,22 @@ On CPUs with AVX-512 BF16 but no AMX (AMD Zen 4/5, Intel Cooper Lake) torch's bf
 ivf needs the kernel on any CPU. The kernel is compiled once per source version with the system
 C compiler (`cc`, or $CC) into the user's cache folder; without a compiler search falls back to
 the torch path with one warning, and MVTEC_AD_NATIVE=0 turns the kernel off silently. Nothing is
-downloaded and no compiled file ships in the package.
+downloaded and no compiled file ships in the package. dlopen runs a library's constructors, so a
+cached build is opened only if it is this user's own, in a folder no one else can write, and its
+sha256 is the one recorded beside it at build time; anything else is rebuilt (in a private
+temporary folder where the cache folder is not safe).
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -42,6 +47,7 @@ TILE = 32  # bank rows per register tile (the kernel's TILE): candidates per que
 KMEANS_SAMPLE = 256  # training rows per k-means centroid
 MAX_LISTS = 4096  # lists of the largest banks (~250 rows each at 1M rows)
 OFF = "MVTEC_AD_NATIVE"  # "0" turns the kernel off
+LOAD_ADVICE = "Check that $CC (or cc) builds working shared libraries"
 
 
 def cache_dir() -> Path:
@@ -70,24 +76,153 @@ def amx() -> bool:
     return cpu.has_amx()
 
 
-def build(target: Path) -> None:
-    """Compile SOURCE into the shared library `target`, atomically (a temporary file beside it, renamed)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise RuntimeError("no C compiler found (install gcc, or set CC)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+class KernelError(Exception):
+    """Why the kernel could not be built or loaded, and the advice that fits that cause (one warning line)."""
+
+    def __init__(self, why: str, advice: str) -> None:
+        super().__init__(why)
+        self.advice = advice
+
+
+def library_name() -> str:
+    """The cached file's name, keyed by the source and flags: a changed kernel never meets an old build."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    return f"bf16_lanemin-{key}.so"
+
+
+def hash_file(library: Path) -> Path:
+    """Where the sha256 of `library` is recorded when it is built: `<name>.so.sha256` beside it."""
+    return library.with_name(library.name + ".sha256")
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def others_could_write(path: Path) -> str | None:
+    """Why someone other than this user could have written `path` (a link, another owner, group- or
+    world-writable), else None."""
+    st = path.lstat()  # a link is judged, not followed: whoever owns the link chooses what it names
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if st.st_uid != os.getuid():
+        return f"owned by another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def unsafe_folder(folder: Path) -> str | None:
+    """Why the cache folder cannot be trusted with code (others could plant or swap files in it), else None;
+    a missing folder is created private (0700)."""
     try:
-        done = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip().splitlines()[-1:]}")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return others_could_write(folder)
+    except OSError as error:
+        return f"not usable ({error.strerror or error})"
+
+
+def unverified(library: Path) -> str | None:
+    """Why a cached library must not be opened (dlopen runs its constructors), else None: it and its recorded
+    hash must be this user's own, writable by no one else, and its sha256 the recorded one."""
+    record = hash_file(library)
+    try:
+        for path in (library, record):
+            if why := others_could_write(path):
+                return f"{path.name} is {why}"
+        if record.read_text().strip() != sha256(library):
+            return f"{library.name} does not match the sha256 recorded when it was built"
+    except OSError as error:
+        return f"{library.name} or its hash cannot be read ({error.strerror or error})"
+    return None
+
+
+def compiler() -> str:
+    """The C compiler to build with: $CC, else cc or gcc on the PATH."""
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not found:
+        raise KernelError("no C compiler found", "Install a C compiler (gcc) or set CC")
+    return found
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write `data` to `target` through a private temporary file beside it, renamed: never half-written."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def build(library: Path) -> None:
+    """Compile SOURCE into `library` and record its sha256 beside it, each through a temporary file renamed,
+    the hash last: an interrupted build leaves no hash that vouches for a half-written library."""
+    cc = compiler()
+    fd, tmp = tempfile.mkstemp(prefix=f".{library.name}.", dir=library.parent)
+    os.close(fd)
+    try:
+        try:
+            done = subprocess.run(
+                [cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            raise KernelError(
+                f"{cc} could not run ({error})", "Install a C compiler (gcc) or set CC"
+            ) from error
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise KernelError(
+                f"{cc} failed: {last}", "Set CC to a compiler with AVX-512 BF16 (gcc 10+, clang 9+)"
+            )
+        os.chmod(tmp, 0o700)  # the linker's mode follows the umask, which may let the group write
+        digest = sha256(Path(tmp))
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    write_atomically(hash_file(library), digest.encode() + b"\n")
+
+
+def opened(library: Path) -> ctypes.CDLL:
+    """The library dlopened, if it is the kernel version this module drives. Only for verified files (or one
+    just built): dlopen runs the file's constructors."""
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as error:
+        raise KernelError(f"{library.name} could not be loaded ({error})", LOAD_ADVICE) from error
+    try:
+        version = lib.mvad_kernel_version()
+    except AttributeError:
+        version = None
+    if version != VERSION:
+        _ctypes.dlclose(lib._handle)  # else dlopen of a rebuild at the same path returns this one again
+        raise KernelError(f"{library.name} is kernel version {version}, expected {VERSION}", LOAD_ADVICE)
+    return lib
+
+
+def cached(folder: Path) -> ctypes.CDLL:
+    """The kernel from a trusted cache folder: the cached build if it verifies and loads, else built once."""
+    library = folder / library_name()
+    if unverified(library) is None:
+        try:
+            return opened(library)
+        except KernelError:
+            pass  # this user's build, yet not the kernel: built afresh below
+    build(library)
+    return opened(library)
+
+
+def built_privately() -> ctypes.CDLL:
+    """The kernel built into a fresh private folder (mkdtemp: 0700) and loaded from there; the folder is
+    removed at once (the loaded library stays mapped)."""
+    with tempfile.TemporaryDirectory(prefix="mvtec_ad-kernel-") as folder:
+        library = Path(folder) / library_name()
+        build(library)
+        return opened(library)
 
 
 def library() -> ctypes.CDLL | None:
@@ -98,25 +233,40 @@ def library() -> ctypes.CDLL | None:
 @functools.lru_cache(maxsize=1)
 def load() -> ctypes.CDLL | None:
     """The loaded kernel, built on first use; None where the CPU cannot run it, or (with one warning
-    saying why) where it cannot be built or loaded."""
+    saying why) where it cannot be built or loaded. Nothing from a cache others could write is run."""
     if unsupported() is not None:
         return None  # not this CPU's kernel: nothing to warn about
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"bf16_lanemin-{key}.so"
+    folder = cache_dir().resolve()
+    unsafe = unsafe_folder(folder)
     try:
-        if not target.exists():
-            build(target)
-        lib = ctypes.CDLL(str(target))
-        if lib.mvad_kernel_version() != VERSION:
-            raise RuntimeError(f"{target} is version {lib.mvad_kernel_version()}, expected {VERSION}")
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        lib = built_privately() if unsafe else cached(folder)
+    except KernelError as error:
+        return fall_back(str(error), error.advice)
+    except OSError as error:  # the cache cannot be written: full, read-only
+        return fall_back(str(error), "Set MVTEC_AD_CACHE to a folder you can write")
+    if unsafe:
         warnings.warn(
-            f"exact_bf16 search runs on torch's GEMM, slower on this CPU: the fused kernel could not be "
-            f"built or loaded ({error}). Install a C compiler (gcc) or set {OFF}=0 to silence this.",
+            f"the kernel cache {folder} is {unsafe}, so nothing in it is loaded and the fused kernel is "
+            "built afresh in a private temporary folder at each run. Set MVTEC_AD_CACHE to a folder of "
+            "your own that no one else can write (or chmod go-w this one) to keep the build.",
             RuntimeWarning,
             stacklevel=2,
         )
-        return None
+    return declared(lib)
+
+
+def fall_back(why: str, advice: str) -> None:
+    """Say once why search takes the torch path, and what would fix it."""
+    warnings.warn(
+        f"exact_bf16 search runs on torch's GEMM, slower on this CPU: the fused kernel could not be "
+        f"built or loaded ({why}). {advice}, or set {OFF}=0 to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def declared(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The kernel with its entry points' argument types declared for ctypes."""
     lib.mvad_bf16_lanemin.restype = None
     lib.mvad_bf16_lanemin.argtypes = [
         ctypes.c_void_p,

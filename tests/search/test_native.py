@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,12 +103,16 @@ def fresh_kernel(monkeypatch, tmp_path):
 
 def test_build_is_cached_atomically_and_reused(fresh_kernel):
     kernel_or_skip()
-    built = list(fresh_kernel.iterdir())
-    assert len(built) == 1 and built[0].name.startswith("bf16_lanemin-") and built[0].suffix == ".so"
-    stamp = built[0].stat().st_mtime_ns
+    library = fresh_kernel / native.library_name()
+    record = native.hash_file(library)
+    assert sorted(fresh_kernel.iterdir()) == [library, record]  # no temporary file left
+    assert library.name.startswith("bf16_lanemin-") and record.name == library.name + ".sha256"
+    assert record.read_text().strip() == hashlib.sha256(library.read_bytes()).hexdigest()
+    assert fresh_kernel.stat().st_mode & 0o077 == 0 and library.stat().st_mode & 0o022 == 0  # private
+    stamps = library.stat().st_mtime_ns, record.stat().st_mtime_ns
     native.load.cache_clear()
     assert native.load() is not None
-    assert list(fresh_kernel.iterdir()) == built and built[0].stat().st_mtime_ns == stamp  # not rebuilt
+    assert (library.stat().st_mtime_ns, record.stat().st_mtime_ns) == stamps  # not rebuilt
 
 
 def test_no_compiler_falls_back_to_torch_with_one_warning(fresh_kernel, monkeypatch):
@@ -166,3 +178,176 @@ def test_list_table_refuses_queries_of_another_width():
     table = native.ListTable(torch.randn(100, 16), torch.zeros(16), lib, lists=3)
     with pytest.raises(ValueError, match=r"queries of shape \(3, 18\) against a memory bank of 16-dim rows"):
         table.candidates(torch.randn(3, 18), nprobe=2)
+
+
+def needs_kernel():
+    """Skip where load() cannot build and run the real kernel (another CPU, no C compiler)."""
+    if native.unsupported() is not None:
+        pytest.skip(f"the fused kernel does not run here: {native.unsupported()}")
+    if shutil.which("cc") is None and shutil.which("gcc") is None and not os.environ.get("CC"):
+        pytest.skip("no C compiler here")
+
+
+def shared_library(folder: Path, name: str, source: str) -> Path:
+    """A shared library compiled from C `source` with the system compiler (skips where there is none)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler here")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.c").write_text(source)
+    subprocess.run(
+        [cc, "-shared", "-fPIC", str(folder / f"{name}.c"), "-o", str(folder / f"{name}.so")], check=True
+    )
+    return folder / f"{name}.so"
+
+
+def planted(folder: Path, marker: Path) -> bytes:
+    """A library whose constructor (run by dlopen) creates `marker`, with the kernel's symbols and version."""
+    source = f"""#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {{
+    FILE *f = fopen({json.dumps(str(marker))}, "w");
+    if (f) fclose(f);
+}}
+int mvad_kernel_version(void) {{ return {native.VERSION}; }}
+void mvad_bf16_lanemin(void) {{}}
+void mvad_bf16_lanemin_lists(void) {{}}
+"""
+    return shared_library(folder, "planted", source).read_bytes()
+
+
+def plant(cache: Path, data: bytes, record: bool) -> Path:
+    """`data` under the kernel's name in a private cache folder; with `record`, its true sha256 beside it."""
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    library = cache / native.library_name()
+    library.write_bytes(data)
+    if record:
+        native.hash_file(library).write_text(hashlib.sha256(data).hexdigest())
+    return library
+
+
+def test_only_this_users_unchanged_build_is_trusted(tmp_path, monkeypatch):
+    """The checks run before any dlopen: no recorded hash, another hash, a writable file, another owner."""
+    marker = tmp_path / "constructor-ran"
+    data = planted(tmp_path / "src", marker)
+    library = plant(tmp_path / "cache", data, record=False)
+    assert "cannot be read" in native.unverified(library)  # no hash recorded: not built by load()
+    native.hash_file(library).write_text("0" * 64)
+    assert "does not match the sha256" in native.unverified(library)
+    native.hash_file(library).write_text(hashlib.sha256(data).hexdigest())
+    assert native.unverified(library) is None
+    library.chmod(0o666)
+    assert "writable by others (mode 666)" in native.unverified(library)
+    library.chmod(0o700)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(library).st_uid + 1)
+    assert "owned by another user" in native.unverified(library)
+    assert not marker.exists()  # nothing was opened to check it
+
+
+def test_cache_folders_others_can_write_are_not_trusted(tmp_path, monkeypatch):
+    cache = tmp_path / "new" / "cache"
+    assert native.unsafe_folder(cache) is None and cache.stat().st_mode & 0o777 == 0o700  # created private
+    cache.chmod(0o777)
+    assert native.unsafe_folder(cache) == "writable by others (mode 777)"
+    cache.chmod(0o770)
+    assert native.unsafe_folder(cache) == "writable by others (mode 770)"
+    cache.chmod(0o755)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(cache).st_uid + 1)
+    assert native.unsafe_folder(cache).startswith("owned by another user")
+
+
+def test_what_dlopen_and_dlsym_raise_becomes_a_kernel_error(tmp_path):
+    """Random bytes (dlopen fails) and a library without mvad_kernel_version (dlsym fails): no traceback."""
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(native.KernelError, match="could not be loaded"):
+        native.opened(junk)
+    other = shared_library(tmp_path, "other", "int other(void) { return 0; }\n")
+    with pytest.raises(native.KernelError, match="is kernel version None"):
+        native.opened(other)
+
+
+@pytest.mark.parametrize("kind", ["constructor", "random bytes"])
+def test_a_planted_or_corrupt_cached_library_is_rebuilt_unopened(fresh_kernel, tmp_path, kind):
+    needs_kernel()
+    marker = tmp_path / "constructor-ran"
+    data = planted(tmp_path / "src", marker) if kind == "constructor" else os.urandom(20000)
+    library = plant(fresh_kernel, data, record=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilt as on first use: nothing to warn about
+        lib = native.load()
+    assert lib is not None and lib.mvad_kernel_version() == native.VERSION
+    assert not marker.exists()  # the planted constructor never ran
+    assert library.read_bytes() != data and native.unverified(library) is None  # the real kernel, recorded
+
+
+def test_a_world_writable_cache_folder_is_not_used(fresh_kernel, tmp_path, monkeypatch):
+    """Even a planted library with its true hash beside it: others could swap files in that folder."""
+    needs_kernel()
+    marker = tmp_path / "constructor-ran"
+    data = planted(tmp_path / "src", marker)
+    library = plant(fresh_kernel, data, record=True)
+    fresh_kernel.chmod(0o777)
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        lib = native.load()
+    assert lib is not None and lib.mvad_kernel_version() == native.VERSION
+    assert not marker.exists()
+    assert [str(w.message).split(",")[0] for w in said] == [
+        f"the kernel cache {fresh_kernel.resolve()} is writable by others (mode 777)"
+    ]
+    assert library.read_bytes() == data  # nothing written into that folder
+    assert not any(private.iterdir())  # the private build folder is gone, the library stays loaded
+
+
+def test_a_truncated_cached_library_is_rebuilt_not_a_crash(fresh_kernel):
+    """Truncated after its build (it was SIGBUS in dlopen): opened in another process, as a new run would."""
+    needs_kernel()
+    fresh_kernel.mkdir(mode=0o700)
+    library = fresh_kernel / native.library_name()
+    native.build(library)
+    whole = library.read_bytes()
+    library.write_bytes(whole[: len(whole) // 2])
+    run = "import warnings; warnings.simplefilter('error'); from mvtec_ad.search import native; "
+    run += "print(native.load().mvad_kernel_version())"
+    env = {**os.environ, "MVTEC_AD_CACHE": str(fresh_kernel)}
+    done = subprocess.run([sys.executable, "-c", run], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(native.VERSION)
+    assert len(library.read_bytes()) == len(whole) and native.unverified(library) is None
+
+
+def test_a_recorded_library_without_the_version_symbol_is_rebuilt(fresh_kernel, tmp_path):
+    """This user's own file, hash and all, that is not the kernel: dlsym fails, so it is built afresh."""
+    needs_kernel()
+    data = shared_library(tmp_path / "src", "other", "int other(void) { return 0; }\n").read_bytes()
+    library = plant(fresh_kernel, data, record=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = native.load()
+    assert lib is not None and lib.mvad_kernel_version() == native.VERSION
+    assert library.read_bytes() != data and native.unverified(library) is None
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("echo \"cc1: error: unrecognized command-line option '-mavx512bf16'\" >&2; exit 1", "unrecognized"),
+        ('for a; do out=$a; done; head -c 3000 /dev/urandom > "$out"', "could not be loaded"),
+    ],
+)
+def test_a_compiler_that_fails_is_not_told_to_install_gcc(fresh_kernel, tmp_path, monkeypatch, script, says):
+    """A corrupt cached file and a compiler that exists but fails, or builds junk: one line naming that."""
+    monkeypatch.setattr(native, "unsupported", lambda: None)  # fake compilers: runs on any CPU
+    compiler = tmp_path / "fake-cc"
+    compiler.write_text(f"#!/bin/sh\n{script}\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    plant(fresh_kernel, os.urandom(20000), record=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert native.load() is None
+    assert len(said) == 1 and says in str(said[0].message)
+    assert "Install a C compiler" not in str(said[0].message)
