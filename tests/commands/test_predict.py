@@ -180,6 +180,41 @@ def test_a_missing_path_or_checkpoint_exits_2_naming_it(knn_checkpoint, tmp_path
     assert f"Checkpoint '{tmp_path / 'gone.ckpt'}' (--ckpt_path) does not exist" in capsys.readouterr().err
 
 
+def test_a_glob_over_folder_links_ends_and_finds_each_image_once(tmp_path):
+    """`up -> ..`, `self -> .` and `latest -> .` made glob expand until the path was too long, and
+    predicted one image dozens of times; a link to a folder elsewhere is still followed."""
+    top = tmp_path / "top"
+    (top / "run1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("a.png", "run1/b.png"):
+        cv2.imwrite(str(top / name), np.zeros((4, 4, 3), np.uint8))
+    cv2.imwrite(str(tmp_path / "elsewhere" / "c.png"), np.zeros((4, 4, 3), np.uint8))
+    (top / "run1" / "up").symlink_to("..")
+    (top / "self").symlink_to(".")
+    (top / "latest").symlink_to("run1")  # a second path to run1/b.png: kept once, by its own path
+    (top / "shared").symlink_to(tmp_path / "elsewhere")
+    with pytest.warns(UserWarning, match="lead back into a folder already being searched") as caught:
+        found = find_images(f"{top}/**/*.png")
+    assert found == [top / "a.png", top / "run1" / "b.png", top / "shared" / "c.png"]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert f"'{top / 'self'}'" in message and f"'{top / 'run1' / 'up'}'" in message
+
+
+def test_the_link_safe_glob_finds_what_glob_finds_without_links(tmp_path):
+    """Same files as glob.glob on a tree with no links: hidden names, `**` mid-pattern, literal parts."""
+    import glob
+
+    from mvtec_ad.data.samples import glob_files
+
+    for name in ("a.png", ".hidden.png", "x/b.png", "x/y/c.png", "x/.h/d.png", "z/y/e.png", "x/y/f.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    for pattern in ("**/*.png", "*/y/*.png", "x/**/*.png", "**/y/*", "x/*/c.png", ".*.png", "**"):
+        expected = sorted(p for p in glob.glob(f"{tmp_path}/{pattern}", recursive=True) if Path(p).is_file())
+        assert sorted(str(p) for p in glob_files(f"{tmp_path}/{pattern}")) == expected, pattern
+
+
 def test_find_images_in_a_file_a_folder_and_a_glob(tmp_path):
     top = tmp_path / "top"
     (top / "sub").mkdir(parents=True)
