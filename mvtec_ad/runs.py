@@ -3,7 +3,9 @@
 RunLogger           TensorBoard logger whose version_N folder is taken with one atomic mkdir, so
                     two runs started at once in one default_root_dir never share a folder
 AtomicCheckpointIO  checkpoints written to a temporary file beside the target, fsynced and
-                    renamed: a kill or a full disk keeps the previous checkpoint loadable
+                    renamed: a kill or a full disk keeps the previous checkpoint loadable, and
+                    the temporary file of a writer killed with SIGKILL goes when a later run saves
+                    or loads a checkpoint in that folder
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mvtec_ad.report.files import write_atomically
+from mvtec_ad.report.files import remove_stale_temporaries, write_atomically
 
 
 class RunLogger(TensorBoardLogger):
@@ -46,3 +48,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
         write_atomically(path, lambda f: torch.save(checkpoint, f))
+        remove_stale_temporaries(Path(path).parent)
+
+    def load_checkpoint(self, path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Lightning's load; then the folder loses what a save killed there left (a resume is the run after)."""
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        remove_stale_temporaries(Path(path).parent)
+        return checkpoint

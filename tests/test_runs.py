@@ -1,10 +1,14 @@
 """Run folders no two runs share, and checkpoints that a full disk or a kill never leaves broken."""
 
 import errno
+import os
 import subprocess
 import sys
+import time
+from io import FileIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -77,3 +81,69 @@ def test_the_default_trainer_uses_both(tmp_path):
     trainer = AnomalyTrainer(default_root_dir=tmp_path)
     assert isinstance(trainer.logger, RunLogger) and Path(trainer.logger.save_dir) == tmp_path
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_written_files_get_the_mode_the_umask_gives_any_new_file(tmp_path, umask_022):
+    metrics = files.write_json(tmp_path / "metrics.json", {"a": 1})
+    picture = files.save_png(tmp_path / "report" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, checkpoint)
+    for path in (metrics, picture, checkpoint):
+        assert path.stat().st_mode & 0o777 == 0o644, path  # mkstemp's would be 0o600
+
+
+class DiskFullAfter1000Bytes(FileIO):
+    """A file on a disk with 1000 bytes left: the write that would pass them fails with ENOSPC."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data)
+
+
+def test_a_disk_that_fills_inside_torch_save_is_the_one_line_error(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: DiskFullAfter1000Bytes(fd, mode))
+    with pytest.raises(
+        DiskFullError, match=rf"No space left on the device to write '{path}'.*{path.parent}"
+    ) as e:
+        io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(100_000)}}, path)
+    assert "unexpected pos" in str(e.value.__cause__)  # torch's zip writer's RuntimeError, not an OSError
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the half-written file is gone
+
+
+def test_a_later_save_or_load_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    folder = tmp_path / "checkpoints"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, folder / "best.ckpt")
+    killed = folder / ".last.ckpt.k2x_9q0a.tmp"  # what a SIGKILL during torch.save leaves: 0 bytes
+    killed.touch()
+    fd, writing = files.create_temporary(folder / "last.ckpt")  # a writer alive in another run
+    theirs = [folder / ".last.ckpt.tmp", folder / "last.ckpt.12345678.tmp", folder / "notes.tmp"]
+    for path in theirs:
+        path.touch()
+    old = time.time() - 2 * files.STALE_AFTER_S
+    for path in [killed, writing, *theirs]:
+        os.utime(path, (old, old))
+    try:
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, folder / "best.ckpt")
+        assert not killed.exists() and writing.exists()  # only the one no process holds
+        assert all(path.exists() for path in theirs)  # and only names write_atomically gives
+    finally:
+        os.close(fd)
+    young = folder / ".last.ckpt.abcdefgh.tmp"  # maybe just made by a writer that has not locked it yet
+    young.touch()
+    os.utime(writing, (old, old))
+    io.load_checkpoint(folder / "best.ckpt")  # a resume or a test from this folder
+    assert not writing.exists() and young.exists()

@@ -2,7 +2,9 @@
 
 Every write goes to a temporary file in the target's own folder, is flushed to disk (fsync) and
 renamed over the target: a reader, a kill or a full disk leaves either the old file or the new
-one, never a truncated one, and no temporary file is left behind.
+one, never a truncated one. The temporary file is removed when the write fails; one that a
+SIGKILL left behind is removed later by remove_stale_temporaries. Files get the mode the umask
+gives any new file (0644 under umask 022), so a colleague or a web server can read a report.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -20,31 +24,112 @@ import numpy as np
 
 from mvtec_ad.errors import UserError
 
+# write_atomically's temporary files, .<target name>.<8 random characters>.tmp (mkstemp's names, which
+# earlier versions used, match too): remove_stale_temporaries touches no other file
+TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# a temporary file younger than this may be one that its writer has just created and not yet locked
+STALE_AFTER_S = 10.0
+
 
 class DiskFullError(UserError, OSError):
     """No space left where a result had to be written; the previous file, if any, is kept."""
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error behind it, says the disk or the quota is full.
+
+    Some writers wrap the OSError: torch's zip writer raises `RuntimeError: ... unexpected pos` with
+    the OSError as its context.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call `write` on a temporary file beside `path`, fsync it, then rename it to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temporary(path)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.utime(tmp)  # young again when its lock goes at close: see remove_stale_temporaries
         os.replace(tmp, path)
     except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
             raise DiskFullError(
                 f"No space left on the device to write '{path}'; the previous file (if any) is unchanged. "
                 f"Free space on {path.parent} and run again."
             ) from error
         raise
     return path
+
+
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file `.<name>.<8 hex digits>.tmp` beside `path`, open for writing and locked while open.
+
+    Created by os.open with mode 0o666, the mode the umask then trims as for any new file (mkstemp's
+    0600 would keep a report from everyone else); the lock tells remove_stale_temporaries it is in use.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        lock(fd, wait=True)  # waits only while remove_stale_temporaries looks at it
+        return fd, tmp
+
+
+def lock(fd: int, wait: bool) -> bool:
+    """Take an exclusive flock on `fd`; False where another process holds it or locks are not supported.
+
+    The kernel drops it when its holder dies, however it dies (no locks on Windows: always False).
+    """
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove the temporary files in `folder` that write_atomically's writers left when they were killed.
+
+    A writer killed with SIGKILL cannot remove its own; its lock goes with it. Only files named as
+    write_atomically names them, unlocked and older than STALE_AFTER_S are removed.
+    """
+    try:
+        with os.scandir(folder) as found:
+            paths = [
+                e.path for e in found if TEMPORARY_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+            ]
+    except OSError:  # no such folder, or not ours to read
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # renamed by its writer meanwhile
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime > STALE_AFTER_S and lock(fd, wait=False):
+                os.unlink(path)
+        except OSError:  # renamed meanwhile, or a folder we may not write
+            pass
+        finally:
+            os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> Path:

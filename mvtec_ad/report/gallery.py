@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from mvtec_ad.progress import track
-from mvtec_ad.report.files import save_jpeg, save_png
+from mvtec_ad.report.files import DiskFullError, is_disk_full, save_jpeg, save_png
 from mvtec_ad.report.overlays import (
     GROUND_TRUTH_COLOUR,
     PREDICTED_COLOUR,
@@ -113,9 +113,6 @@ class Gallery:
         `labels` and `masks` only where the truth is known (test); `content` [B, 2] cuts padding off.
         Images whose dataset index was seen already (DDP padding repeats) are skipped.
         """
-        if self._staging is None:
-            self.report_dir.mkdir(parents=True, exist_ok=True)
-            self._staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.report_dir))
         scores = scores.detach().flatten().float().cpu()
         positions = index.detach().flatten().tolist() if index is not None else [-1] * len(paths)
         truth = labels.detach().flatten().tolist() if labels is not None else [None] * len(paths)
@@ -132,9 +129,7 @@ class Gallery:
                 arrays["map"] = amap.half().numpy()
             if masks is not None:
                 arrays["mask"] = (masks[i, 0, :h, :w].detach().cpu().numpy() > 0.5).astype(np.uint8)
-            staged = self._staging / f"{position}.npz"
-            np.savez(staged, **arrays)
-            self._staged[position] = staged
+            self._staged[position] = self._stage(position, arrays)
             path = Path(paths[i])
             self.cards[position] = Card(
                 index=position,
@@ -144,6 +139,27 @@ class Gallery:
                 defect=path.parent.name if truth[i] is not None else None,
                 map_range=None if amap is None else (float(amap.min()), float(amap.max())),
             )
+
+    def _stage(self, position: int, arrays: dict[str, np.ndarray]) -> Path:
+        """Write one image's arrays to the staging folder (made on first use); the file.
+
+        A full disk removes the staging folder, so nothing half-written is left, and says so in one line.
+        """
+        try:
+            if self._staging is None:
+                self.report_dir.mkdir(parents=True, exist_ok=True)
+                self._staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.report_dir))
+            staged = self._staging / f"{position}.npz"
+            np.savez(staged, **arrays)
+            return staged
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            self.close()
+            raise DiskFullError(
+                f"No space left on the device to write the report pictures in '{self.report_dir}'; the ones "
+                f"staged so far are removed. Free space on {self.report_dir} and run again."
+            ) from error
 
     def gathered_cards(self, trainer: L.Trainer | None) -> list[Card]:
         """Every process's cards, each image once, in dataset order."""

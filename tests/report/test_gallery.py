@@ -1,10 +1,14 @@
 """The report's pictures (gallery.py) and the page's HTML (page.py) without a browser."""
 
+import errno
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from mvtec_ad.report.files import DiskFullError
 from mvtec_ad.report.gallery import THUMB_SIDE, Card, Gallery, thumbnail
 from mvtec_ad.report.page import run_page_html
 
@@ -118,3 +122,22 @@ def test_images_without_a_dataset_position_are_numbered_in_order(tmp_path):
         gallery.add(**(data | {"index": None}))
     cards = gallery.finish(None, threshold=None)
     assert [c.index for c in cards] == [0, 1, 2, 3] and [c.name for c in cards] == ["0", "1", "2", "3"]
+
+
+def test_a_full_disk_while_staging_is_one_line_and_leaves_no_staging(tmp_path, monkeypatch):
+    gallery = Gallery(tmp_path / "report")
+    gallery.add(**batch([1.0], [0.5], [0], ["a.png"]))
+    real_savez = np.savez
+
+    def fills_the_disk(file, **arrays):  # half of the file is written, then the disk is full
+        real_savez(file, **arrays)
+        Path(file).write_bytes(Path(file).read_bytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", fills_the_disk)
+    report = tmp_path / "report"
+    with pytest.raises(
+        DiskFullError, match=rf"No space left on the device to write the report pictures in '{report}'"
+    ):
+        gallery.add(**batch([2.0], [0.5], [1], ["b.png"]))
+    assert not list(report.iterdir())  # neither the staging folder nor a half-written file
