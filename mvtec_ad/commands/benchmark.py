@@ -5,8 +5,10 @@
 
 Each (config, category) runs as its own `python -m mvtec_ad train ...` subprocess, the command a
 user would type, recorded in its row: a crash, OOM or CUDA error fails that row only, and the
-peak memory is that run's own. Rerunning the same command resumes: rows already `ok` in the CSV
-are skipped, failed and missing ones run.
+peak memory is that run's own. Each run gets a fresh folder of its own, runs/<config>/<category>/run_<N>
+(claim_run_folder), and its row reads metrics.json from that folder only: benchmarks whose --out
+share a folder, run at once, never record each other's runs. Rerunning the same command resumes:
+rows already `ok` in the CSV are skipped, failed and missing ones run (each in a new run_<N>).
 """
 
 from __future__ import annotations
@@ -45,19 +47,25 @@ from mvtec_ad.report.results_page import html_path
 PASS_THROUGH_PREFIXES = ("--data.", "--trainer.", "--model.", "--seed_everything")
 SET_BY_BENCHMARK = {
     "--data.category": "choose categories with --categories",
-    "--trainer.default_root_dir": "runs go to <folder of --out>/runs/<config name>/<category>",
+    "--trainer.default_root_dir": "runs go to <folder of --out>/runs/<config name>/<category>/run_<N>",
 }
+# In PlannedRun.args: where the folder each run claims for itself goes (claim_run_folder, run_row).
+RUN_FOLDER = "<run folder>"
 MAXRSS_PER_MB = 2**20 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One (config, category) cell of the benchmark and the `python -m mvtec_ad train` run that fills it."""
+    """One (config, category) cell of the benchmark and the `python -m mvtec_ad train` run that fills it.
+
+    Every try at the cell runs in a new folder of run_root (claim_run_folder): `args` hold RUN_FOLDER
+    where that folder goes, and args_in / command_in put it there.
+    """
 
     config: str
     category: str
-    run_root: Path
-    args: tuple[str, ...]  # everything after `python`
+    run_root: Path  # runs/<config>/<category>: the cell's tries, one run_<N> folder each
+    args: tuple[str, ...]  # everything after `python`, RUN_FOLDER for the try's folder
 
     @property
     def key(self) -> tuple[str, str]:
@@ -65,7 +73,29 @@ class PlannedRun:
 
     @property
     def command(self) -> str:
+        """The command with RUN_FOLDER still in it (what any try runs, but for its folder)."""
         return shlex.join(["python", *self.args])
+
+    def args_in(self, folder: Path) -> tuple[str, ...]:
+        return tuple(str(folder) if arg == RUN_FOLDER else arg for arg in self.args)
+
+    def command_in(self, folder: Path) -> str:
+        """The command the try in `folder` runs, as its row records it."""
+        return shlex.join(["python", *self.args_in(folder)])
+
+    def made(self, command: str) -> bool:
+        """Whether a row's `command` is this run's, in whichever folder of run_root it ran.
+
+        run_root itself counts too: rows written before each try had a folder of its own named it.
+        """
+        try:
+            words, expected = shlex.split(command), ["python", *self.args]
+        except ValueError:  # unbalanced quotes: not a command this benchmark wrote
+            return False
+        return len(words) == len(expected) and all(
+            self.run_root in (Path(word), Path(word).parent) if arg == RUN_FOLDER else word == arg
+            for word, arg in zip(words, expected, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -152,7 +182,7 @@ def plan_runs(
         for category in categories:
             run_root = out_dir / "runs" / Path(config).stem / category
             args = ("-m", "mvtec_ad", "train", "--config", config, "--data.root", root)
-            args += ("--data.category", category, "--trainer.default_root_dir", str(run_root))
+            args += ("--data.category", category, "--trainer.default_root_dir", RUN_FOLDER)
             args += ("--trainer.enable_progress_bar", "false", *overrides)
             plan.append(PlannedRun(config, category, run_root, args))
     return plan
@@ -231,19 +261,34 @@ def failure_reason(returncode: int, log_text: str) -> str:
     return f"{last[:300]} (exit {returncode})"
 
 
-def metrics_files(folder: Path) -> dict[Path, int]:
-    return {path: path.stat().st_mtime_ns for path in folder.rglob("metrics.json")}
+def claim_run_folder(run_root: Path) -> Path:
+    """A new folder run_<N> in `run_root` (N one more than the largest there), taken with one atomic mkdir.
+
+    No other process can take the same folder: two benchmarks whose --out share a folder (each
+    holding only its own CSV's lock) run the same config and category in run_<N> and run_<N+1>.
+    """
+    run_root.mkdir(parents=True, exist_ok=True)
+    taken = [p.name.removeprefix("run_") for p in run_root.glob("run_*")]
+    n = max((int(t) + 1 for t in taken if t.isdigit()), default=0)
+    while True:
+        try:
+            (run_root / f"run_{n}").mkdir()
+            return run_root / f"run_{n}"
+        except FileExistsError:  # another benchmark took it between the count and now
+            n += 1
 
 
 def run_row(run: PlannedRun) -> Row:
-    """Run one planned train+test and turn its exit status and metrics.json into a results row."""
-    run.run_root.mkdir(parents=True, exist_ok=True)
-    log_path = run.run_root / "train.log"
-    before = metrics_files(run.run_root)
-    child = run_child([sys.executable, *run.args], log_path)
-    written = sorted(
-        (mtime, path) for path, mtime in metrics_files(run.run_root).items() if before.get(path) != mtime
-    )
+    """Run one planned train+test in a folder of its own; its exit status and metrics.json as a results row.
+
+    The folder (claim_run_folder) is the run's default_root_dir and holds its train.log; the row
+    reads metrics.json from there only, so a run beside it in run_root (another benchmark's, a
+    `train` by hand) never lends it its numbers.
+    """
+    folder = claim_run_folder(run.run_root)
+    log_path = folder / "train.log"
+    child = run_child([sys.executable, *run.args_in(folder)], log_path)
+    written = sorted((path.stat().st_mtime_ns, path) for path in folder.rglob("metrics.json"))
     row: Row = {
         **dict.fromkeys(COLUMNS),
         "detector": Path(run.config).stem,  # until metrics.json names it
@@ -251,8 +296,8 @@ def run_row(run: PlannedRun) -> Row:
         "category": run.category,
         "seconds": child.seconds,
         "peak_rss_mb": child.peak_rss_mb,
-        "run_dir": str(run.run_root),
-        "command": run.command,
+        "run_dir": str(folder),
+        "command": run.command_in(folder),
     }
     if child.returncode != 0:
         return row | {
@@ -276,7 +321,7 @@ def check_resumable(rows: dict[tuple[str, str], Row], plan: Sequence[PlannedRun]
     """A finished row is only reused for the very same command; otherwise its numbers would mix settings."""
     for run in plan:
         row = rows.get(run.key)
-        if is_finished(row) and row["command"] != run.command:
+        if is_finished(row) and not run.made(row["command"]):
             raise ConfigError(
                 f"'{csv_path}' holds a finished {run.config} / {run.category} row made by another command:\n"
                 f"  {row['command']}\nthis benchmark would run:\n  {run.command}\n"

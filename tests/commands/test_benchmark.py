@@ -82,11 +82,12 @@ def test_benchmark_records_failures_and_resumes_without_redoing_finished_rows(ti
     ]
     assert rows[("knn", "washer")] == done  # not redone: same seconds, run dir, numbers
     assert washer_metrics.stat().st_mtime_ns == stamp
-    assert not (out.parent / "runs" / "knn" / "washer" / "lightning_logs" / "version_1").exists()
+    assert not (out.parent / "runs" / "knn" / "washer" / "run_1").exists()
 
     fabric = rows[("knn", "fabric")]
     assert fabric["status"] == "ok" and fabric["protocol"].startswith("official")
-    assert Path(fabric["run_dir"]) == out.parent / "runs" / "knn" / "fabric" / "lightning_logs" / "version_0"
+    fabric_folder = out.parent / "runs" / "knn" / "fabric" / "run_0"  # the run's own (claim_run_folder)
+    assert Path(fabric["run_dir"]) == fabric_folder / "lightning_logs" / "version_0"
     written = json.loads((Path(fabric["run_dir"]) / "metrics.json").read_text())
     assert float(fabric["image_auroc"]) == pytest.approx(written["image_auroc"])
     assert float(fabric["pixel_aupro"]) == pytest.approx(written["pixel_aupro"])
@@ -94,14 +95,15 @@ def test_benchmark_records_failures_and_resumes_without_redoing_finished_rows(ti
     assert float(fabric["seconds"]) > 0 and 100 < float(fabric["peak_rss_mb"]) < 8000
     assert fabric["command"] == (
         f"python -m mvtec_ad train --config {KNN} --data.root {tiny_root} --data.category fabric "
-        f"--trainer.default_root_dir {out.parent}/runs/knn/fabric --trainer.enable_progress_bar false "
+        f"--trainer.default_root_dir {fabric_folder} --trainer.enable_progress_bar false "
         f"--model.image_size {TEST_IMAGE_SIZE}"
     )
     for category in ("fabric", "washer"):
         failed = rows[("broken", category)]
         assert failed["status"].startswith("failed: Unknown backbone 'no_such_backbone'")
         assert failed["image_auroc"] == "" and failed["detector"] == "broken"
-        assert (out.parent / "runs" / "broken" / category / "train.log").is_file()
+        assert failed["run_dir"] == str(out.parent / "runs" / "broken" / category / "run_0")
+        assert (out.parent / "runs" / "broken" / category / "run_0" / "train.log").is_file()
 
     mean = rows[("knn", "mean")]
     assert mean["status"] == "mean of 2 ok of 2 categories"
@@ -117,9 +119,9 @@ def test_benchmark_records_failures_and_resumes_without_redoing_finished_rows(ti
 
     # results.html links each ok run's report page, which the run wrote, and each failed run's log
     page = out.with_suffix(".html").read_text()
-    report = "runs/knn/fabric/lightning_logs/version_0/report/index.html"
+    report = "runs/knn/fabric/run_0/lightning_logs/version_0/report/index.html"
     assert f'href="{report}"' in page and (out.parent / report).is_file()
-    assert 'href="runs/broken/washer/train.log"' in page
+    assert 'href="runs/broken/washer/run_0/train.log"' in page
 
 
 def test_benchmark_names_an_unknown_category_before_running(tiny_root, tmp_path, capsys):
