@@ -32,7 +32,7 @@ from mvtec_ad.errors import CheckpointError, ConfigError
 from mvtec_ad.evaluation.metrics import binary_auroc
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.features.backbone import FeatureExtractor, global_pool
-from mvtec_ad.features.handcrafted import direct_features
+from mvtec_ad.features.handcrafted import FEATURE_NAMES, direct_features
 from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
@@ -61,6 +61,15 @@ SEED_GRIDS: dict[str, dict[str, list]] = {
         "metric": ["minkowski", "euclidean"],
     },
     "elliptic": {"contamination": [0.01], "support_fraction": [0.9, 1.0], "assume_centered": [True, False]},
+}
+
+
+# The scikit-learn class each --model.estimator fits (make_estimator builds it).
+ESTIMATOR_CLASSES: dict[str, type] = {
+    "ocsvm": OneClassSVM,
+    "iforest": IsolationForest,
+    "lof": LocalOutlierFactor,
+    "elliptic": EllipticEnvelope,
 }
 
 
@@ -144,6 +153,46 @@ def load_pipeline(data: bytes) -> Pipeline:
     return pipeline
 
 
+def describe_steps(steps: Sequence[tuple[str, object]]) -> str:
+    """'scaler (StandardScaler) -> estimator (OneClassSVM)': names and classes, of steps or of a layout."""
+    return " -> ".join(
+        f"{name} ({(step if isinstance(step, type) else type(step)).__name__})" for name, step in steps
+    )
+
+
+def check_pipeline(
+    pipeline: Pipeline, layout: Sequence[tuple[str, type]], n_features: int, features: str, fix: str
+) -> None:
+    """Refuse, in one line, a pipeline other than the `layout` (step names and classes) fit_features writes.
+
+    A trusted pipeline of another shape (another estimator, scaler or PCA choice, other step names,
+    or fitted on features of another width than the `n_features` of the detector's `features`) would
+    load and fail or mislead later; `fix` says what to pass instead.
+    """
+    found = [(name, type(step)) for name, step in pipeline.steps]
+    if found != list(layout):
+        raise CheckpointError(
+            f"The classical detector's pipeline in this checkpoint is {describe_steps(pipeline.steps)}, but "
+            f"this detector expects {describe_steps(layout)}; it was not loaded. {fix}"
+        )
+    width, source = n_features, f"this detector's {features} have"
+    for name, step in pipeline.steps:
+        fitted = getattr(step, "n_features_in_", None)
+        if fitted is None:
+            raise CheckpointError(
+                f"The classical detector's pipeline in this checkpoint holds an unfitted step {name} "
+                f"({type(step).__name__}); it was not loaded. {fix}"
+            )
+        if fitted != width:
+            raise CheckpointError(
+                f"The classical detector's pipeline in this checkpoint has its step {name} "
+                f"({type(step).__name__}) fitted on {fitted} features, but {source} {width}; it was not "
+                f"loaded. {fix}"
+            )
+        width = int(getattr(step, "n_components_", fitted))  # PCA narrows; scalers keep the width
+        source = f"its step {name} gives"
+
+
 class ClassicalModel(Detector, ResizableBuffers):
     """Pure image-feature detector: images in [0, 1] -> AnomalyOutput; the fitted pipeline is a byte buffer.
 
@@ -187,6 +236,19 @@ class ClassicalModel(Detector, ResizableBuffers):
             self.require_side(max(self.extractor.strides), self.extractor.stride_text)
         self.register_buffer("pipeline_skops", torch.empty(0, dtype=torch.uint8))
         self._pipeline: Pipeline | None = None
+
+    @property
+    def feature_width(self) -> int:
+        """F of `embed`'s [B, F]: the pooled channels, or the direct statistics (and raw canvas pixels)."""
+        if self.extractor is not None:
+            return sum(self.extractor.channels)
+        height, width = self.network_size
+        return len(FEATURE_NAMES) + (3 * height * width if self.raw_pixels else 0)
+
+    def describe_features(self) -> str:
+        if self.extractor is not None:
+            return f"deep features of {self.extractor.backbone_name} {self.extractor.layers}"
+        return "direct features" + (" with raw pixels" if self.raw_pixels else "")
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vectors [B, F] (float64 for direct features, float32 for deep)."""
@@ -266,6 +328,39 @@ class Classical(FitOnceModule):
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (self.model.embed(images),)
+
+    def pipeline_layout(self) -> list[tuple[str, type]]:
+        """Names and classes of the steps fit_features writes for these options, in order."""
+        steps = [(name, type(step)) for name, step in self.preprocessing()]
+        return [*steps, ("estimator", ESTIMATOR_CLASSES[self.estimator])]
+
+    def check_pipeline(self, pipeline: Pipeline) -> None:
+        """CheckpointError (one line) unless `pipeline` is what this detector fits, for its features."""
+        pca = "null" if self.pca_variance is None else self.pca_variance
+        fix = (
+            f"Use a checkpoint written by this detector (--model.estimator {self.estimator} --model.scaler "
+            f"{self.scaler} --model.pca_variance {pca}, {self.model.describe_features()}), or pass the "
+            f"--model options the checkpoint was trained with."
+        )
+        check_pipeline(
+            pipeline, self.pipeline_layout(), self.model.feature_width, self.model.describe_features(), fix
+        )
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """nn.Module's, then the stored pipeline is rebuilt and checked now, not at its first score.
+
+        Lightning loads every checkpoint (test, predict, export, resume) through here.
+        """
+        result = super().load_state_dict(state_dict, *args, **kwargs)
+        if self.model.pipeline_skops.numel():
+            try:
+                self.check_pipeline(self.model.pipeline)
+            except CheckpointError:  # "it was not loaded": leave no refused pipeline to score with
+                self.model.pipeline_skops = self.model.pipeline_skops.new_empty(0)
+                self.model._pipeline = None
+                self.fitted.fill_(False)
+                raise
+        return result
 
     def preprocessing(self) -> list[tuple[str, object]]:
         scaler = StandardScaler() if self.scaler == "standard" else MinMaxScaler()

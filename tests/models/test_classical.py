@@ -150,3 +150,157 @@ def test_classical_detectors_take_non_square_keep_aspect_input_and_refuse_tiling
     assert out.score.shape == (3,) and out.map.shape == (3, 1, 50, 50) and torch.isfinite(out.score).all()
     with pytest.raises(ConfigError, match="tiling does not apply"):
         ClassicalModel(features="direct", image_size=64, tile_size=32)
+
+
+# ---- a trusted pipeline of another shape is refused at load (issue 29, item 9) -------------------
+def classical(**options):
+    from mvtec_ad.models.classical import Classical
+
+    return Classical(**{"estimator": "ocsvm", "features": "direct", "image_size": 64, **options})
+
+
+def pipeline_of(steps, width: int = 40):
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline(steps).fit(np.random.default_rng(0).random((30, width)))
+
+
+def state_with(pipeline, **options) -> dict:
+    """A fitted detector's state dict (built with `options`) whose stored pipeline is `pipeline`."""
+    donor = classical(**options)
+    donor.model.set_pipeline(pipeline)
+    donor.fitted.fill_(True)
+    return donor.state_dict()
+
+
+def seed_steps(estimator: str = "ocsvm", scaler=None) -> list:
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    params = grid_points(SEED_GRIDS[estimator])[0]
+    return [
+        ("scaler", scaler or StandardScaler()),
+        ("pca", PCA(n_components=0.95, svd_solver="full")),
+        ("estimator", make_estimator(estimator, params, 0, 30)),
+    ]
+
+
+def refusal(detector, state: dict) -> str:
+    with pytest.raises(CheckpointError) as error:
+        detector.load_state_dict(state)
+    message = str(error.value)
+    assert "\n" not in message and "it was not loaded" in message
+    assert "Use a checkpoint written by this detector" in message and "--model options" in message
+    assert detector.model.pipeline_skops.numel() == 0 and not bool(detector.fitted)  # nothing left to score
+    return message
+
+
+def test_a_pipeline_of_another_trusted_estimator_is_refused_at_load():
+    message = refusal(classical(estimator="ocsvm"), state_with(pipeline_of(seed_steps("iforest"))))
+    assert "is scaler (StandardScaler) -> pca (PCA) -> estimator (IsolationForest)" in message
+    assert "expects scaler (StandardScaler) -> pca (PCA) -> estimator (OneClassSVM)" in message
+    assert "--model.estimator ocsvm --model.scaler standard --model.pca_variance 0.95" in message
+
+
+def test_a_pipeline_with_another_scaler_or_other_steps_is_refused_at_load():
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+    from sklearn.svm import OneClassSVM
+
+    swapped = state_with(pipeline_of(seed_steps("ocsvm", scaler=MinMaxScaler())))
+    message = refusal(classical(), swapped)
+    assert "is scaler (MinMaxScaler) -> pca (PCA) -> estimator (OneClassSVM)" in message
+    assert "expects scaler (StandardScaler) -> pca (PCA)" in message
+
+    renamed = state_with(pipeline_of([("scaler", StandardScaler()), ("svm", OneClassSVM())]))
+    message = refusal(classical(), renamed)
+    assert "is scaler (StandardScaler) -> svm (OneClassSVM), but this detector expects" in message
+    message = refusal(classical(pca_variance=None), swapped)  # no PCA configured, one in the checkpoint
+    assert "expects scaler (StandardScaler) -> estimator (OneClassSVM)" in message
+    assert "--model.pca_variance null" in message
+
+
+def test_a_pipeline_fitted_on_features_of_another_width_is_refused_at_load():
+    message = refusal(classical(), state_with(pipeline_of(seed_steps(), width=12)))
+    assert "its step scaler (StandardScaler) fitted on 12 features" in message
+    assert "but this detector's direct features have 40" in message
+
+    raw = {"raw_pixels": True, "image_size": [16, 24]}
+    message = refusal(classical(**raw), state_with(pipeline_of(seed_steps()), **raw))
+    assert (
+        f"fitted on 40 features, but this detector's direct features with raw pixels have {40 + 3 * 16 * 24}"
+        in (message)
+    )
+
+    inner = pipeline_of(seed_steps())
+    inner.steps[1] = ("pca", pipeline_of(seed_steps(), width=12).steps[1][1])  # a PCA of another pipeline
+    message = refusal(classical(), state_with(inner))
+    assert "its step pca (PCA) fitted on 12 features, but its step scaler gives 40" in message
+
+
+def test_a_pipeline_with_an_unfitted_step_is_refused_at_load():
+    from sklearn.pipeline import Pipeline
+
+    fitted = pipeline_of(seed_steps()).steps
+    unfitted = Pipeline([*fitted[:2], ("estimator", make_estimator("ocsvm", {}, 0, 30))])
+    message = refusal(classical(), state_with(unfitted))
+    assert "holds an unfitted step estimator (OneClassSVM)" in message
+
+
+@pytest.mark.parametrize("estimator", list(SEED_GRIDS))
+def test_the_pipeline_each_estimator_fits_loads_and_scores(estimator):
+    pipeline = pipeline_of(seed_steps(estimator))
+    detector = classical(estimator=estimator)
+    detector.load_state_dict(state_with(pipeline))
+    assert detector.model.pipeline is not None and bool(detector.fitted)
+    x = detector.model.embed(IMAGES[:2]).double().numpy()
+    np.testing.assert_array_equal(detector.model.pipeline.score_samples(x), pipeline.score_samples(x))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"features": "direct"},
+        {"features": "direct", "raw_pixels": True, "image_size": [16, 24]},
+        {"features": "direct", "raw_pixels": True, "image_size": [16, 24], "resize": "keep_aspect"},
+        {
+            "features": "deep",
+            "backbone": "efficientnet_lite0",
+            "layers": ["blocks.2", "blocks.4"],
+            "weights": "none",
+        },
+    ],
+)
+def test_feature_width_is_the_width_embed_gives(options):
+    model = ClassicalModel(**{"image_size": 64, **options})
+    images = torch.rand(2, 3, *model.network_size)
+    assert model.feature_width == model.embed(images).shape[1]
+
+
+def test_a_checkpoint_whose_pipeline_is_another_estimators_is_one_line_in_the_cli(
+    tiny_root, tmp_path, capsys
+):
+    import sys
+    from unittest import mock
+
+    from mvtec_ad.cli import main
+    from tests.helpers import main_in_process, tiny_args
+
+    options = ("--model.features", "direct", "--data.protocol", "test_split", "--trainer.logger", "false")
+    main_in_process(["fit", *tiny_args("configs/demo/iforest.yaml", tiny_root, tmp_path / "fit", *options)])
+    checkpoint = torch.load(tmp_path / "fit" / "checkpoints" / "model.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["estimator"] = "ocsvm"  # an IsolationForest pipeline under OC-SVM's name
+    doctored = tmp_path / "doctored.ckpt"
+    torch.save(checkpoint, doctored)
+    capsys.readouterr()
+    args = tiny_args(
+        "configs/demo/ocsvm.yaml", tiny_root, tmp_path / "test", *options, "--ckpt_path", str(doctored)
+    )
+    with mock.patch.object(sys, "argv", ["mvtec_ad"]), pytest.raises(SystemExit) as exit_info:
+        main(["test", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: The classical detector's pipeline in this checkpoint is ")
+    assert (
+        "estimator (IsolationForest), but this detector expects" in line and "estimator (OneClassSVM)" in line
+    )
