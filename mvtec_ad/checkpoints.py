@@ -10,13 +10,68 @@ import torch
 
 from mvtec_ad.errors import CheckpointError
 
+# torch.save's older (pre-1.6, non-zip) format opens with this number pickled as LONG1 (opcode 0x8a, 10 bytes)
+LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
-def unreadable_reason(error: Exception) -> str:
-    """Why torch.load failed, in a few words; never torch's advice to load with weights_only=False."""
-    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error):
-        return "it holds objects other than tensors and plain values, and loading those could run code"
-    lines = str(error).strip().splitlines()
+NOT_TORCH = "it is not a PyTorch weights file, or it is damaged (empty, truncated or corrupted)"
+RUNS_CODE = "it holds objects other than tensors and plain values, and loading those could run code"
+
+# What torch says of bytes that end early or are no pickle (or zip) at all: damage, not objects.
+DAMAGE_SIGNS = (
+    "Unsupported operand",
+    "unexpected EOF",
+    "corrupt",
+    "PytorchStreamReader",
+    "String is too long",
+)
+
+
+def is_torch_file(path: str | Path) -> bool | None:
+    """Whether the file is in one of torch.save's formats (its zip archive, or the older pickle behind
+    LEGACY_MAGIC); None when it cannot be opened to look."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(32)
+        return zipfile.is_zipfile(path) or LEGACY_MAGIC in head
+    except OSError:
+        return None
+
+
+def unreadable_reason(error: Exception, path: str | Path | None = None) -> str:
+    """Why torch.load(weights_only=True) of `path` failed, in a few words; never torch's advice to load
+    with weights_only=False.
+
+    A file in neither of torch.save's formats (random bytes, text, a web page), or one that ends early
+    or holds bytes that are no pickle instruction, is not a PyTorch file or is damaged (NOT_TORCH);
+    only a torch file that the weights-only unpickler refuses for the classes or functions its pickle
+    names is refused for the code loading it could run (RUNS_CODE). Safetensors files are not
+    sniffed: their loader's own error is given.
+    """
+    text = str(error)
+    if path is not None and Path(path).suffix != ".safetensors" and is_torch_file(path) is False:
+        return NOT_TORCH
+    if isinstance(error, EOFError | zipfile.BadZipFile) or any(sign in text for sign in DAMAGE_SIGNS):
+        return NOT_TORCH
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in text:
+        return RUNS_CODE  # e.g. "Unsupported global: GLOBAL mymodule.MyClass"
+    lines = text.strip().splitlines()
     return f"{type(error).__name__}: {lines[0][:160]}" if lines else type(error).__name__
+
+
+def unreadable_message(subject: str, error: Exception, path: str | Path, advice: dict[str, str]) -> str:
+    """'{subject} cannot be read: {why}. {what to do}' in one line; `advice` maps NOT_TORCH, RUNS_CODE and
+    '' (any other failure, whose type and first line are given) to what to do."""
+    reason = unreadable_reason(error, path)
+    if reason in (NOT_TORCH, RUNS_CODE):
+        return f"{subject} cannot be read: {reason}. {advice[reason]}"
+    return f"{subject} cannot be read ({reason}). {advice['']}"
+
+
+CHECKPOINT_ADVICE = {
+    NOT_TORCH: "Copy it again if it was cut short, or pass the right file with --ckpt_path.",
+    RUNS_CODE: "Checkpoints mvtec_ad writes hold only tensors and plain values: pass one with --ckpt_path.",
+    "": "It is empty, truncated or not a checkpoint written by mvtec_ad: pass another --ckpt_path.",
+}
 
 
 def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
@@ -30,15 +85,14 @@ def read_checkpoint(path: str | Path, mmap: bool = True) -> dict:
         raise CheckpointError(f"Checkpoint '{path}' does not exist.")
     if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
         raise CheckpointError(
-            f"Checkpoint '{path}' cannot be read (it is no zip archive, as torch checkpoints are): the file is "
-            f"empty, truncated or not a checkpoint written by mvtec_ad. Pass another --ckpt_path."
+            f"Checkpoint '{path}' cannot be read: {NOT_TORCH}; it is no zip archive, as torch checkpoints "
+            f"are. {CHECKPOINT_ADVICE[NOT_TORCH]}"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # zip, pickle and unpickling errors of every kind
         raise CheckpointError(
-            f"Checkpoint '{path}' cannot be read ({unreadable_reason(error)}): the file is empty, truncated "
-            f"or not a checkpoint written by mvtec_ad. Pass another --ckpt_path."
+            unreadable_message(f"Checkpoint '{path}'", error, path, CHECKPOINT_ADVICE)
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(

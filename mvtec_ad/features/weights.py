@@ -60,12 +60,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        from mvtec_ad.checkpoints import unreadable_reason
+        from mvtec_ad.checkpoints import NOT_TORCH, RUNS_CODE, unreadable_message
 
-        raise BackboneError(
-            f"Weights file '{path}' cannot be read ({unreadable_reason(error)}): it is empty, truncated or "
-            f"not a .pth/.safetensors state dict. Download it again, or pass another --model.weights."
-        ) from None
+        advice = {
+            NOT_TORCH: "Download it again, or point --model.weights at the right .pth/.safetensors file.",
+            RUNS_CODE: "Pass a plain state dict (torch.save(model.state_dict(), path)) or a .safetensors file "
+            "with --model.weights.",
+            "": "It is empty, truncated or not a .pth/.safetensors state dict. Download it again, or pass "
+            "another --model.weights.",
+        }
+        raise BackboneError(unreadable_message(f"Weights file '{path}'", error, path, advice)) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

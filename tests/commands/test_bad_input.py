@@ -6,6 +6,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 
 from mvtec_ad.cli import main
 from tests.helpers import main_in_process, tiny_args
@@ -71,6 +72,36 @@ def test_an_unreadable_weights_file_is_one_line(tiny_root, tmp_path, capsys):
         str(weights),
     )
     assert f"Weights file '{weights}' cannot be read" in line
+
+
+@pytest.mark.parametrize("content", ["random", "torch_objects"])
+def test_a_weights_file_says_whether_it_is_no_torch_file_or_could_run_code(
+    content, tiny_root, tmp_path, capsys
+):
+    """Random bytes are no torch file, not 'objects that could run code' (issue 29, item 10)."""
+    weights = tmp_path / "resnet.pth"
+    if content == "random":
+        weights.write_bytes(bytes(range(256)) * 40)
+    else:
+        torch.save(
+            {"conv1.weight": torch.zeros(1), "extra": zipfile.Path}, weights
+        )  # a class: a pickled global
+    line = user_error(
+        capsys,
+        "fit",
+        *tiny_args("configs/demo/knn.yaml", tiny_root, tmp_path),
+        "--model.weights",
+        str(weights),
+    )
+    assert f"Weights file '{weights}' cannot be read" in line
+    if content == "random":
+        assert "it is not a PyTorch weights file, or it is damaged" in line and "could run code" not in line
+        assert "Download it again, or point --model.weights at the right .pth/.safetensors file." in line
+    else:
+        assert (
+            "it holds objects other than tensors and plain values, and loading those could run code" in line
+        )
+        assert "Pass a plain state dict" in line
 
 
 @pytest.mark.parametrize(
