@@ -21,6 +21,7 @@ from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.features.backbone import FeatureExtractor, fuse_features
 from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.coreset import greedy_coreset
+from mvtec_ad.models.components.coreset_probed import EXACT_PICKS, probed_coreset
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector, fill_outside
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
@@ -28,6 +29,9 @@ from mvtec_ad.models.knn import BankDtype
 from mvtec_ad.progress import steps
 from mvtec_ad.search import cpu
 from mvtec_ad.search.bank import IVF_NPROBE, BankSearch, SearchName
+
+CoresetName = Literal["auto", "exact", "probed"]
+CORESETS = ("auto", "exact", "probed")
 
 
 class PatchCoreModel(Detector, ResizableBuffers):
@@ -48,6 +52,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         sigma: float = 4.0,
         bank_dtype: BankDtype = "float32",
         coreset_seed: int = 0,
+        coreset: CoresetName = "auto",
         search: SearchName = "auto",
         faiss_index: str = "auto",
         faiss_nprobe: int = 16,
@@ -67,11 +72,17 @@ class PatchCoreModel(Detector, ResizableBuffers):
             sigma: Gaussian blur of the upsampled map.
             bank_dtype: float16 halves the bank (distances are still float32).
             coreset_seed: seed of the projection and the coreset's first pick.
+            coreset: how the greedy k-center coreset is selected: exact (every pick lowers every
+                patch's distance: the paper's sequence), probed (each pick lowers the patches of
+                its nearest tiles only, as an IVF search would: ~5% of the work, the bank's largest
+                and mean patch distance within ~1% of exact's, see coreset_probed), or auto (the
+                default: probed once more than EXACT_PICKS patches are kept, else exact).
             search: nearest-neighbour backend (mvtec_ad.search): exact_fp32,
                 exact_bf16 (bf16 ranking, float32 re-rank), ivf (k-means lists scanned by the fused
                 bf16 kernel), faiss, or auto (the default: ivf for banks of 10k+ rows where the
-                kernel runs, else faiss, see mvtec_ad.search.bank). The coreset's distance updates
-                run in bf16 where the device multiplies bf16 in hardware, unless search is exact_fp32.
+                kernel runs, else faiss, see mvtec_ad.search.bank). The exact coreset's distance
+                updates run in bf16 where the device multiplies bf16 in hardware, unless search is
+                exact_fp32; the probed coreset's in float32.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
             faiss_nprobe: IVF lists probed per query (HNSW: efSearch of at least 4x this).
             ivf_nprobe: lists probed per query by search ivf (k-means lists of ~200 rows scanned
@@ -84,6 +95,8 @@ class PatchCoreModel(Detector, ResizableBuffers):
         super().__init__(**geometry)
         if not 0.0 < coreset_ratio <= 1.0:
             raise ConfigError(f"--model.coreset_ratio must be in (0, 1], got {coreset_ratio}.")
+        if coreset not in CORESETS:
+            raise ConfigError(f"--model.coreset must be one of {', '.join(CORESETS)}; got {coreset!r}.")
         if score not in ("max", "window_max"):
             raise ConfigError(f"--model.score must be max or window_max, got {score!r}.")
         if reweight and score != "max":
@@ -99,6 +112,8 @@ class PatchCoreModel(Detector, ResizableBuffers):
         self.num_neighbors = num_neighbors
         self.bank_dtype = getattr(torch, bank_dtype)
         self.coreset_seed = coreset_seed
+        self.coreset = coreset
+        self.coreset_used: str | None = None  # the method fit ran: auto's choice
         self.search = BankSearch(search, faiss_index, faiss_nprobe, ivf_nprobe)
         self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
         self.head = AnomalyMapHead(sigma=sigma, score=score, window=score_window)
@@ -112,12 +127,17 @@ class PatchCoreModel(Detector, ResizableBuffers):
         flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
         if self.coreset_ratio < 1.0:
             n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
-            # bf16 updates only where the device multiplies bf16 in hardware (AVX2 emulates it, ~10x
-            # slower than float32); exact_fp32 asks for exactness, so its coreset stays float32 too
-            exact = self.search.backend(flat.device) == "exact_fp32"
-            precision = "bf16" if cpu.fast_bf16(flat.device) and not exact else "fp32"
-            flat = flat[
-                greedy_coreset(
+            self.coreset_used = self.coreset_method(n_select)
+            if self.coreset_used == "probed":
+                chosen = probed_coreset(
+                    flat, n_select, self.projection_dim, self.coreset_seed, progress=progress
+                )
+            else:
+                # bf16 updates only where the device multiplies bf16 in hardware (AVX2 emulates it, ~10x
+                # slower than float32); exact_fp32 asks for exactness, so its coreset stays float32 too
+                exact = self.search.backend(flat.device) == "exact_fp32"
+                precision = "bf16" if cpu.fast_bf16(flat.device) and not exact else "fp32"
+                chosen = greedy_coreset(
                     flat,
                     n_select,
                     self.projection_dim,
@@ -125,8 +145,14 @@ class PatchCoreModel(Detector, ResizableBuffers):
                     precision=precision,
                     progress=progress,
                 )
-            ]
+            flat = flat[chosen]
         self.memory_bank = flat.to(self.bank_dtype).contiguous()
+
+    def coreset_method(self, n_select: int) -> str:
+        """exact or probed: the option, or auto's choice for a coreset of `n_select` patches."""
+        if self.coreset != "auto":
+            return self.coreset
+        return "probed" if n_select > EXACT_PICKS else "exact"
 
     def reweighted_score(
         self, queries: torch.Tensor, raw: torch.Tensor, nearest: torch.Tensor
@@ -164,7 +190,7 @@ class PatchCore(FitOnceModule):
     Args:
         threshold, num_overlays: see mvtec_ad.models.components.anomaly_module.AnomalyModule.
         **model_args: PatchCoreModel's (backbone, layers, weights, pool_kernel, coreset_ratio,
-            projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, search,
+            projection_dim, reweight, num_neighbors, sigma, bank_dtype, coreset_seed, coreset, search,
             faiss_index, faiss_nprobe, ivf_nprobe, score, score_window, image_size).
     """
 
@@ -193,5 +219,6 @@ class PatchCore(FitOnceModule):
         return {
             "bank_patches": int(self.model.memory_bank.shape[0]),
             "coreset_seconds": self.coreset_seconds,
+            "coreset": self.model.coreset_used,  # exact or probed: what fit ran (auto's choice)
             "search": self.model.search.describe(),  # the backend the test's searches took
         }

@@ -76,6 +76,32 @@ def _positive(limit: float) -> float:
     return limit if limit > 0.0 else -math.inf
 
 
+def accept_round(
+    values: torch.Tensor, rows: torch.Tensor, outside: float, room: int
+) -> tuple[list[int], list[float]]:
+    """Greedy among a round's candidates: positions (into `rows`) of the picks and their squared gaps.
+
+    `values` are the candidates' squared distances to the picks so far, `rows` their coordinates,
+    in ascending row order (ties go to the lowest, as argmax). The farthest candidate is picked,
+    the others' values lowered by its distances to them, for as long as the best one stays farther
+    than `outside` (the best row that is not a candidate) and fewer than `room` are taken; the
+    first is always taken. Sequential, so it runs in NumPy on the host: ~1 us per operation.
+    """
+    value = values.cpu().numpy().copy()
+    between = squared_distances(rows, rows).cpu().numpy()
+    accepted: list[int] = []
+    gaps: list[float] = []
+    while len(accepted) < room:
+        j = int(value.argmax())
+        if accepted and not value[j] > outside:
+            break
+        gaps.append(float(value[j]))
+        accepted.append(j)
+        np.minimum(value, between[j], out=value)
+        value[j] = -math.inf
+    return accepted, gaps
+
+
 def greedy_coreset(
     features: torch.Tensor,
     n_select: int,
@@ -162,19 +188,7 @@ def greedy_coreset(
             continue
         outside = max(float(top[candidates]) if len(top) > candidates else -math.inf, parked_max)
         local, order = local[:candidates].sort()  # ascending rows: ties go to the lowest, as argmax
-        # this sequential part runs in NumPy on the host: ~1 us per operation on 1024 values
-        value = top[order].cpu().numpy()
-        rows = x[active[local]]
-        between = squared_distances(rows, rows).cpu().numpy()
-        accepted, accepted_gaps = [], []
-        while t + len(accepted) < n_select:
-            j = int(value.argmax())
-            if accepted and not value[j] > outside:
-                break
-            accepted_gaps.append(float(value[j]))
-            accepted.append(j)
-            np.minimum(value, between[j], out=value)
-            value[j] = -math.inf
+        accepted, accepted_gaps = accept_round(top[order], x[active[local]], outside, n_select - t)
         gaps[t : t + len(accepted)] = torch.tensor(accepted_gaps)
         new = local[torch.tensor(accepted, device=dev)]
         picks[t : t + len(new)] = active[new]
