@@ -3,10 +3,16 @@
     python benchmarks/memory_bank.py --root ../shared/data --category magnetic_tile
     python benchmarks/memory_bank.py --root ../shared/data --category magnetic_tile \\
         --detectors patchcore --searches exact_fp32 exact_bf16 faiss
+    python benchmarks/memory_bank.py --root ../shared/data --category magnetic_tile \\
+        --detectors patchcore --searches auto --coresets exact probed --cpus native avx2 \\
+        --config configs/demo/patchcore_magnetic_tile.yaml
 
-Each (detector, search) runs in its own process (so peak RSS is its own) from its demo config
-(offline EfficientNet-Lite0 weights), exactly as `python -m mvtec_ad fit/test` builds it:
-fit, then test, each timed as the Trainer runs it (decoding, evaluation and plots included).
+Each (detector, search, coreset, cpu) runs in its own process (so peak RSS is its own) from its
+demo config (offline EfficientNet-Lite0 weights; `--config` names another), exactly as
+`python -m mvtec_ad fit/test` builds it: fit, then test, each timed as the Trainer runs it
+(decoding, evaluation and plots included). `--cpus avx2` runs a row with MVTEC_AD_CPU=avx2: torch,
+oneDNN, MKL, faiss and mvtec_ad's own checks limited to AVX2, as on a CPU without AVX-512 (most
+factory PCs and laptops); the `cpu` column and the table's title name the hardware of each row.
 In the same process it then measures, on the same decoded test images at the same size:
 
   backbone_img_s  the backbone alone (the model's FeatureExtractor forward, nothing else) in
@@ -21,13 +27,14 @@ In the same process it then measures, on the same decoded test images at the sam
   recall@1        share of test patches whose nearest bank row is the one exact_fp32 finds
                   (patchcore; the bank is the fitted one, so all backends are compared on it)
 
-faiss rows need `pip install -e '.[faiss]'`; they are skipped with a note when it is missing.
+  coreset         patchcore's coreset selection (auto, exact, probed), and what auto chose
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -65,15 +72,21 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
     from mvtec_ad.search.nearest import nearest_neighbours
 
     seed_everything(42)
-    config = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "demo" / f"{detector}.yaml"))
+    from mvtec_ad.search import cpu
+
+    config_path = Path(args.config) if args.config else REPO / "configs" / "demo" / f"{detector}.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(config_path))
     model_args = config["model"]["init_args"]
-    model_args["image_size"] = args.image_size
+    if args.image_size is not None:
+        model_args["image_size"] = args.image_size
     model_args["search"] = search
     model_args["faiss_index"] = args.faiss_index
     model_args["faiss_nprobe"] = args.faiss_nprobe
     model_args["ivf_nprobe"] = args.ivf_nprobe
     if detector == "patchcore":
-        model_args["coreset_ratio"] = args.coreset_ratio
+        if args.coreset_ratio is not None:
+            model_args["coreset_ratio"] = args.coreset_ratio
+        model_args["coreset"] = args.coreset
     model = {"knn": KNN, "patchcore": PatchCore}[detector](**model_args)
     batch_size = 32
     data = AnomalyDataModule(
@@ -134,9 +147,17 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
             _, found = net.search(queries, net.memory_bank)
             recall = float((found[:, 0] == exact[:, 0]).float().mean())
     backbone_img_s = n_test / backbone_seconds
+    coreset = results.get("coreset")
     return {
         "detector": detector,
+        "config": config_path.name,
+        "cpu": cpu.describe(),
         "search": net.search.describe(),
+        "coreset": None
+        if coreset is None
+        else f"{args.coreset}: {coreset}"
+        if args.coreset == "auto"
+        else coreset,
         "fit_s": fit_seconds,
         "coreset_s": results.get("coreset_seconds"),
         "test_s": test_seconds,
@@ -174,8 +195,11 @@ def main() -> None:
     parser.add_argument("--category", default="fabric")
     parser.add_argument("--detectors", nargs="+", default=["knn", "patchcore"])
     parser.add_argument("--searches", nargs="+", default=["exact_fp32", "exact_bf16", "faiss"])
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--coreset_ratio", type=float, default=0.1)
+    parser.add_argument("--config", help="a patchcore/knn config (default: configs/demo/<detector>.yaml)")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--coreset_ratio", type=float, default=None, help="default: the config's")
+    parser.add_argument("--coresets", nargs="+", default=["auto"], help="patchcore: auto exact probed")
+    parser.add_argument("--cpus", nargs="+", default=["native"], help="native, avx2 (MVTEC_AD_CPU)")
     parser.add_argument(
         "--faiss_index", default="auto", help="faiss index_factory string (Flat, IVF256,Flat, HNSW32)"
     )
@@ -185,6 +209,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--out", help="also write the rows as JSON lines to this file")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--coreset", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print("ROW " + json.dumps(run_one(args, *args.one)), flush=True)
@@ -193,23 +218,41 @@ def main() -> None:
     rows, notes = [], []
     for detector in args.detectors:
         for search in args.searches:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", detector, search]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
-            if line is None and "faiss package" in out.stderr:
-                notes.append(
-                    f"{detector} / faiss skipped: faiss is not installed (pip install -e '.[faiss]')."
-                )
-                continue
-            if line is None:
-                sys.exit(f"{detector} / {search} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(line[4:]))
-            print(f"{detector} / {search}: done", file=sys.stderr, flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(rows[-1]) + "\n")
-    keys = list(rows[0])
-    print(f"\n{args.root}/{args.category}, {args.image_size} px, coreset {args.coreset_ratio}\n")
+            for coreset in args.coresets if detector == "patchcore" else ["auto"]:
+                for level in args.cpus:
+                    env = os.environ | {"MVTEC_AD_CPU": level}
+                    one = ["--one", detector, search, "--coreset", coreset]
+                    out = subprocess.run(
+                        [sys.executable, __file__, *sys.argv[1:], *one],
+                        capture_output=True,
+                        text=True,
+                        cwd=REPO,
+                        env=env,
+                    )
+                    line = next((x for x in out.stdout.splitlines() if x.startswith("ROW ")), None)
+                    name = f"{detector} / {search} / coreset {coreset} / cpu {level}"
+                    if line is None and "faiss package" in out.stderr:
+                        notes.append(f"{name} skipped: faiss is not installed (pip install faiss-cpu).")
+                        continue
+                    if line is None:
+                        sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+                    rows.append(json.loads(line[4:]))
+                    print(f"{name}: done", file=sys.stderr, flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(rows[-1]) + "\n")
+    if not rows:
+        sys.exit("no row ran: " + " ".join(notes))
+    # the cpu column is long: each distinct one gets a number, listed above the table
+    cpus = list(dict.fromkeys(row["cpu"] for row in rows))
+    keys = [k for k in rows[0] if k != "cpu"] + ["cpu"]
+    config = args.config or "configs/demo/<detector>.yaml"
+    print(f"\n{args.root}/{args.category}, {config}, image_size {args.image_size or 'of the config'}")
+    for number, described in enumerate(cpus, 1):
+        print(f"cpu {number}: {described}")
+    print()
+    for row in rows:
+        row["cpu"] = cpus.index(row["cpu"]) + 1
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for row in rows:
