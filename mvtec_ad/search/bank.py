@@ -96,6 +96,13 @@ class BankSearch:
         self, queries: torch.Tensor, bank: torch.Tensor, k: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances [..., Q, k] (ascending, float32) and indices of each query's k nearest bank rows."""
+        if queries.shape[-1] != bank.shape[-1] and bank.shape[-2] > 0:
+            raise ConfigError(
+                f"The memory bank holds rows of {bank.shape[-1]} features, but the model's backbone gives "
+                f"{queries.shape[-1]} per patch: the bank was built with other --model.backbone, "
+                "--model.layers or --model.weights. Load the checkpoint with the options it was trained "
+                "with, or fit again."
+            )
         backend = self.backend(bank.device, bank.shape[-2])
         self.last_backend = backend
         exact = backend == "exact_fp32" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

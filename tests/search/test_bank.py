@@ -236,3 +236,28 @@ def test_auto_takes_ivf_where_the_kernel_runs_else_faiss_for_large_banks(monkeyp
     assert search.backend(dev, 9_999) == small
     monkeypatch.setitem(sys.modules, "faiss", None)  # faiss broken or removed: exhaustive, never an error
     assert search.backend(dev, 20_000) == small
+
+
+@pytest.mark.parametrize("name", ["exact_fp32", "exact_bf16", "faiss", "ivf", "auto"])
+def test_queries_of_another_width_than_the_bank_name_the_options(name):
+    if name == "ivf" and native.load() is None:
+        pytest.skip("ivf needs the fused kernel")
+    _, bank = clustered(12_000, 1, dim=32)
+    queries = torch.randn(5, 48)
+    with pytest.raises(
+        ConfigError, match=r"rows of 32 features, but the model's backbone gives 48 per patch"
+    ):
+        BankSearch(name)(queries, bank)
+
+
+@pytest.mark.parametrize("name", ["exact_bf16", "faiss", "ivf", "auto"])
+def test_every_approximate_backend_at_its_defaults_finds_the_nearest_row(name):
+    """recall@1 >= 0.999 on clustered rows, for each backend as `auto` and the configs run it."""
+    if name == "ivf" and native.load() is None:
+        pytest.skip("ivf needs the fused kernel")
+    queries, bank = clustered(20_000, 4000, dim=64, clusters=64, seed=5)
+    _, indices = BankSearch(name)(queries, bank)
+    expected = brute_force(queries, bank)
+    clear = nearest_gap_ok(queries, bank)
+    recall = float((indices[clear, 0] == expected.indices[clear, 0]).float().mean())
+    assert recall >= 0.999, (name, recall)
