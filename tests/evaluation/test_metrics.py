@@ -167,3 +167,22 @@ def test_pixel_curves_draw_what_the_metrics_report():
     assert float(roc_fpr[-1]) == 1.0 and float(tpr[-1]) == 1.0
     no_defect = pixel_curves(maps.flatten(), torch.full((maps.numel(),), -1), sizes[:0])
     assert no_defect is None
+
+
+def test_the_packed_sort_orders_every_float_as_the_float_sort_does():
+    """Scores and region ids sorted as one int64 key: negatives, zeros of both signs, infinities,
+    subnormals and ties in the same runs, with the same ids, as a float sort with a gather."""
+    from mvtec_ad.evaluation.metrics import run_ends, sort_descending_with
+
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([0.0, -0.0, 1.5, 1.5, -2.0, -2.0, float("inf"), -float("inf"), 1e-40, -1e-40])
+    scores = torch.cat([torch.randn(3000, generator=g), special])
+    scores = torch.cat([scores, scores[:400]])  # ties
+    regions = torch.randint(-1, 50, (len(scores),), generator=g)
+    last, ids = sort_descending_with(scores, regions)
+    expected, order = torch.sort(scores, descending=True)
+    assert torch.equal(last, run_ends(expected))
+    start = 0
+    for end in last.nonzero().squeeze(1).tolist():  # within a run of equal scores the order is free
+        assert sorted(ids[start : end + 1].tolist()) == sorted(regions[order][start : end + 1].tolist())
+        start = end + 1
