@@ -50,8 +50,12 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write` on a temporary file beside `path`, fsync it, then rename it to `path`."""
+def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> Path:
+    """Call `write` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    durable=False skips the fsync, for files a rerun draws again (report pictures): the rename still
+    shows a reader the old file or the new one, never half of one, but a power cut may lose it.
+    """
     path = Path(path)
     tmp: Path | None = None
     try:
@@ -60,7 +64,8 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None]) -> Pa
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             os.utime(tmp)  # young again when its lock goes at close: see remove_stale_temporaries
         os.replace(tmp, path)
     except BaseException as error:
@@ -154,4 +159,4 @@ def save_picture(path: str | Path, rgb: np.ndarray, ext: str, params: list[int] 
     ok, encoded = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params or [])
     if not ok:
         raise ValueError(f"Could not encode a {rgb.shape} picture as {ext} for '{path}'.")
-    return write_atomically(path, lambda f: f.write(encoded.tobytes()))
+    return write_atomically(path, lambda f: f.write(encoded.tobytes()), durable=False)
