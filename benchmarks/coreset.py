@@ -2,6 +2,12 @@
 
     python benchmarks/coreset.py --root ../shared/data --category magnetic_tile
     python benchmarks/coreset.py --synthetic 100000 152
+    MVTEC_AD_CPU=avx2 python benchmarks/coreset.py --root ../shared/data --category magnetic_tile
+
+It also times the probed coreset (coreset_probed.py: patchcore's `coreset: auto` above 1,024
+picks) and reports how well each bank covers the patches: the largest and the mean distance of a
+patch to its nearest bank row, in the 128-d projection the selection sees and in the full
+features the detector searches (found with --coverage_search, exact_bf16 by default).
 
 Features are PatchCore's: efficientnet_lite0 blocks.2 + blocks.4, 3x3-pooled and fused (152
 values per patch, 28 x 28 patches per 224 px image; offline ImageNet weights), from the training
@@ -71,9 +77,9 @@ def naive_loop(x: torch.Tensor, n_picks: int, first: int) -> list[int]:
     return picks
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -93,11 +99,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--coverage_search", default="exact_bf16", help="backend that finds each patch's bank row"
+    )
+    parser.add_argument(
         "--features", default=None, help=".pt file: patch vectors loaded from it, or saved to it"
     )
     a = parser.parse_args()
 
     from mvtec_ad.models.components.coreset import greedy_coreset, random_projection
+    from mvtec_ad.models.components.coreset_probed import probed_coreset
+    from mvtec_ad.search import cpu
+    from mvtec_ad.search.bank import BankSearch
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -114,13 +126,15 @@ def main() -> None:
     first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(0)))
     print(
         f"{n} patch vectors x {d} dims, coreset of {a.ratio:.0%} = {n_select} picks; "
-        f"{a.device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}\n"
+        f"{a.device}, torch {torch.__version__}\ncpu: {cpu.describe()}\n"
     )
 
     _, full_s = timed(naive_loop, features, naive_picks, first)
     x, projection_s = timed(random_projection, features, a.projection_dim, 0)
     reference, projected_s = timed(naive_loop, x, naive_picks, first)
-    picks, coreset_s = timed(greedy_coreset, features, n_select, a.projection_dim, 0)
+    precision = "fp32"  # the naive loops' arithmetic (patchcore's exact coreset takes bf16 where it is fast)
+    picks, coreset_s = timed(greedy_coreset, features, n_select, a.projection_dim, 0, precision=precision)
+    probed, probed_s = timed(probed_coreset, features, n_select, a.projection_dim, 0)
 
     full_rate = naive_picks / full_s
     rows = [
@@ -131,7 +145,13 @@ def main() -> None:
             n_select / (naive_picks / projected_s),
             True,
         ),
-        (f"greedy_coreset ({x.shape[1]}-d projection)", n_select / coreset_s, coreset_s, False),
+        (
+            f"greedy_coreset, exact ({x.shape[1]}-d projection, {precision})",
+            n_select / coreset_s,
+            coreset_s,
+            False,
+        ),
+        (f"probed_coreset ({x.shape[1]}-d projection, fp32)", n_select / probed_s, probed_s, False),
     ]
     print(f"| method | picks/s | seconds for the {n_select}-pick coreset | speed-up vs full-dimension loop |")
     print("|---|---|---|---|")
@@ -147,6 +167,18 @@ def main() -> None:
         f"greedy_coreset's first {agree} of {naive_picks} picks equal the naive projected loop's"
         + ("." if agree == naive_picks else " (then a float-rounding near-tie: either row is as far).")
     )
+    search = BankSearch(a.coverage_search)
+    print(
+        f"\nHow each bank covers the {n} patches (distance of a patch to its nearest bank row; {a.coverage_search}):\n"
+    )
+    print("| bank | largest, projection | mean, projection | largest, features | mean, features |")
+    print("|---|---|---|---|---|")
+    for name, chosen in (("exact greedy", picks), ("probed", probed)):
+        cover = []
+        for rows in (x, features):
+            distances = search(rows, rows[chosen])[0].flatten()
+            cover += [float(distances.max()), float(distances.mean())]
+        print(f"| {name} | {cover[0]:.3f} | {cover[1]:.4f} | {cover[2]:.3f} | {cover[3]:.4f} |")
 
 
 if __name__ == "__main__":
