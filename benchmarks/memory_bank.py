@@ -87,6 +87,8 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
         if args.coreset_ratio is not None:
             model_args["coreset_ratio"] = args.coreset_ratio
         model_args["coreset"] = args.coreset
+        if args.coreset_seed is not None:
+            model_args["coreset_seed"] = args.coreset_seed
     model = {"knn": KNN, "patchcore": PatchCore}[detector](**model_args)
     batch_size = 32
     data = AnomalyDataModule(
@@ -198,6 +200,7 @@ def main() -> None:
     parser.add_argument("--config", help="a patchcore/knn config (default: configs/demo/<detector>.yaml)")
     parser.add_argument("--image_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--coreset_ratio", type=float, default=None, help="default: the config's")
+    parser.add_argument("--coreset_seed", type=int, default=None, help="default: the config's")
     parser.add_argument("--coresets", nargs="+", default=["auto"], help="patchcore: auto exact probed")
     parser.add_argument("--cpus", nargs="+", default=["native"], help="native, avx2 (MVTEC_AD_CPU)")
     parser.add_argument(
