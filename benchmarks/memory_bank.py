@@ -81,7 +81,8 @@ def run_one(args: argparse.Namespace, detector: str, search: str) -> dict:
         model_args["image_size"] = args.image_size
     model_args["search"] = search
     model_args["faiss_index"] = args.faiss_index
-    model_args["faiss_nprobe"] = args.faiss_nprobe
+    if args.faiss_nprobe is not None:
+        model_args["faiss_nprobe"] = args.faiss_nprobe
     model_args["ivf_nprobe"] = args.ivf_nprobe
     if detector == "patchcore":
         if args.coreset_ratio is not None:
@@ -206,7 +207,7 @@ def main() -> None:
     parser.add_argument(
         "--faiss_index", default="auto", help="faiss index_factory string (Flat, IVF256,Flat, HNSW32)"
     )
-    parser.add_argument("--faiss_nprobe", type=int, default=16)
+    parser.add_argument("--faiss_nprobe", type=int, default=None, help="default: the model's")
     parser.add_argument("--ivf_nprobe", type=int, default=24)
     parser.add_argument("--latency_images", type=int, default=30)
     parser.add_argument("--accelerator", default="auto")

@@ -215,7 +215,7 @@ def table(rows: list[tuple[str, float]], facts: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> str:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -226,7 +226,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max_epochs", type=int, default=None, help="default: the config's")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--accelerator", default="auto")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parser().parse_args(argv)
     text = table(*profile(args))
     print(text)
     return text

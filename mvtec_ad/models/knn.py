@@ -20,7 +20,7 @@ from mvtec_ad.models.components.buffers import ResizableBuffers
 from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.fit_once import FitOnceModule
 from mvtec_ad.models.components.map_head import AnomalyMapHead
-from mvtec_ad.search.bank import IVF_NPROBE, BankSearch, SearchName
+from mvtec_ad.search.bank import FAISS_NPROBE, IVF_NPROBE, BankSearch, SearchName
 
 BankDtype = Literal["float32", "float16"]
 
@@ -42,7 +42,7 @@ class KNNModel(Detector, ResizableBuffers):
         bank_dtype: BankDtype = "float32",
         search: SearchName = "auto",
         faiss_index: str = "auto",
-        faiss_nprobe: int = 16,
+        faiss_nprobe: int = FAISS_NPROBE,
         ivf_nprobe: int = IVF_NPROBE,
         **geometry,
     ) -> None:

@@ -28,7 +28,7 @@ from mvtec_ad.models.components.map_head import AnomalyMapHead, cells_of
 from mvtec_ad.models.knn import BankDtype
 from mvtec_ad.progress import steps
 from mvtec_ad.search import cpu
-from mvtec_ad.search.bank import IVF_NPROBE, BankSearch, SearchName
+from mvtec_ad.search.bank import FAISS_NPROBE, IVF_NPROBE, BankSearch, SearchName
 
 CoresetName = Literal["auto", "exact", "probed"]
 CORESETS = ("auto", "exact", "probed")
@@ -55,7 +55,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         coreset: CoresetName = "auto",
         search: SearchName = "auto",
         faiss_index: str = "auto",
-        faiss_nprobe: int = 16,
+        faiss_nprobe: int = FAISS_NPROBE,
         ivf_nprobe: int = IVF_NPROBE,
         score: Literal["max", "window_max"] = "max",
         score_window: int = 3,

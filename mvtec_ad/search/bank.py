@@ -23,13 +23,13 @@ import torch
 from mvtec_ad.errors import ConfigError
 from mvtec_ad.search import cpu, native
 from mvtec_ad.search.bf16 import Bf16Table, bf16_nearest
-from mvtec_ad.search.faiss_index import FLAT_BELOW, FaissIndex, faiss_available, require_faiss
+from mvtec_ad.search.faiss_index import FAISS_NPROBE, FLAT_BELOW, FaissIndex, faiss_available, require_faiss
 from mvtec_ad.search.ivf import IVF_NPROBE, IvfTable
 from mvtec_ad.search.nearest import nearest_neighbours
 
 SearchName = Literal["auto", "exact_fp32", "exact_bf16", "faiss", "ivf"]
 SEARCHES = ("auto", "exact_fp32", "exact_bf16", "faiss", "ivf")
-__all__ = ["IVF_NPROBE", "SEARCHES", "BankSearch", "SearchName"]
+__all__ = ["FAISS_NPROBE", "IVF_NPROBE", "SEARCHES", "BankSearch", "SearchName"]
 
 
 class BankSearch:
@@ -46,7 +46,7 @@ class BankSearch:
         self,
         search: SearchName = "auto",
         faiss_index: str = "auto",
-        faiss_nprobe: int = 16,
+        faiss_nprobe: int = FAISS_NPROBE,
         ivf_nprobe: int = IVF_NPROBE,
     ) -> None:
         if search not in SEARCHES:

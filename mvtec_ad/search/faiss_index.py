@@ -9,6 +9,9 @@ from mvtec_ad.search.nearest import nearest_neighbours, rerank
 
 FLAT_BELOW = 10_000  # `faiss_index: auto` searches smaller banks exhaustively (IndexFlatL2)
 ROWS_PER_LIST = 200  # `faiss_index: auto` and ivf: about this many bank rows per IVF list
+# lists probed per query: on magnetic_tile's 47.8k-row bank recall@1 0.9994 at 24, 0.9970 at 16
+# (1.8x faster than 24, below the 0.999 every backend must reach), 0.9998 at 32
+FAISS_NPROBE = 24
 
 
 def faiss_available() -> bool:
