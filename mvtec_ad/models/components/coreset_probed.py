@@ -102,6 +102,7 @@ def probed_coreset(
     tiles = len(order) // size
     probe = max(MIN_PROBE, math.ceil(probe_share * tiles))
     tiled_left = left[order].view(tiles, size, -1)
+    del left  # only the tiled copy is read from here on
     tiled_x = x[order].view(tiles, size, -1)
     centroid = tiled_x.mean(1)
     radius = (tiled_x - centroid.unsqueeze(1)).norm(dim=2).amax(1)
