@@ -113,7 +113,6 @@ class PatchCoreModel(Detector, ResizableBuffers):
         self.bank_dtype = getattr(torch, bank_dtype)
         self.coreset_seed = coreset_seed
         self.coreset = coreset
-        self.coreset_used: str | None = None  # the method fit ran: auto's choice
         self.search = BankSearch(search, faiss_index, faiss_nprobe, ivf_nprobe)
         self.register_buffer("memory_bank", torch.empty(0, sum(self.extractor.channels)))
         self.head = AnomalyMapHead(sigma=sigma, score=score, window=score_window)
@@ -127,8 +126,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         flat = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
         if self.coreset_ratio < 1.0:
             n_select = max(1, math.ceil(self.coreset_ratio * flat.shape[0]))
-            self.coreset_used = self.coreset_method(n_select)
-            if self.coreset_used == "probed":
+            if self.coreset_method(n_select) == "probed":
                 chosen = probed_coreset(
                     flat, n_select, self.projection_dim, self.coreset_seed, progress=progress
                 )
@@ -219,6 +217,9 @@ class PatchCore(FitOnceModule):
         return {
             "bank_patches": int(self.model.memory_bank.shape[0]),
             "coreset_seconds": self.coreset_seconds,
-            "coreset": self.model.coreset_used,  # exact or probed: what fit ran (auto's choice)
+            # what fit ran (auto's choice), known from the bank's size also after a checkpoint load
+            "coreset": self.model.coreset_method(len(self.model.memory_bank))
+            if self.model.coreset_ratio < 1.0
+            else None,
             "search": self.model.search.describe(),  # the backend the test's searches took
         }

@@ -104,3 +104,17 @@ def test_patchcore_auto_probes_large_coresets_only_and_exact_is_the_option():
     assert exact.coreset_method(10**6) == "exact"
     with pytest.raises(ConfigError, match=r"--model.coreset must be one of auto, exact, probed; got 'fast'"):
         PatchCoreModel(backbone="efficientnet_lite0", layers=["blocks.2"], weights="none", coreset="fast")
+
+
+def test_metrics_name_the_coreset_that_ran_also_after_a_checkpoint_load():
+    """The method follows from the bank's size (n_select), so a test run from a checkpoint reports it too."""
+    from mvtec_ad.models.patchcore import PatchCore
+
+    module = PatchCore(backbone="efficientnet_lite0", layers=["blocks.2"], weights="none", image_size=32)
+    width = module.model.memory_bank.shape[1]
+    module.model.memory_bank = torch.zeros(coreset_probed.EXACT_PICKS + 1, width)
+    assert module.extra_results()["coreset"] == "probed"
+    module.model.memory_bank = torch.zeros(coreset_probed.EXACT_PICKS, width)
+    assert module.extra_results()["coreset"] == "exact"
+    module.model.coreset_ratio = 1.0  # every patch kept: no coreset ran
+    assert module.extra_results()["coreset"] is None
