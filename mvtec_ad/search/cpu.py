@@ -87,6 +87,11 @@ def _torch_cpu(check: str) -> bool:
     return bool(getattr(torch.cpu, check, lambda: False)())
 
 
+def x86_64() -> bool:
+    """Whether this is an x86-64 CPU (AVX2 at least, as torch's wheels require), not ARM64 or another."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def has_avx512_bf16() -> bool:
     """Whether the CPU multiplies bf16 with AVX-512 BF16 (what the fused kernel needs)."""
     return simulated() is None and _torch_cpu("_is_avx512_bf16_supported")

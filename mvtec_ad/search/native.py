@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from mvtec_ad.search import cpu
+from mvtec_ad.search.lists import MAX_LISTS, kmeans
 
 SOURCE = Path(__file__).with_name("kernels") / "bf16_lanemin.c"
 FLAGS = (
@@ -44,8 +45,6 @@ FLAGS = (
 VERSION = 2  # mvad_kernel_version() of the source this module drives
 NQ = 12  # queries per register tile (the kernel's NQ)
 TILE = 32  # bank rows per register tile (the kernel's TILE): candidates per query
-KMEANS_SAMPLE = 256  # training rows per k-means centroid
-MAX_LISTS = 4096  # lists of the largest banks (~250 rows each at 1M rows)
 OFF = "MVTEC_AD_NATIVE"  # "0" turns the kernel off
 LOAD_ADVICE = "Check that $CC (or cc) builds working shared libraries"
 
@@ -351,29 +350,6 @@ class LaneMinTable:
         if keep < TILE:
             rows = rows.gather(1, best[:q].topk(keep, dim=1, largest=False, sorted=True)[1])
         return rows.clamp_max_(self.n - 1)  # a lane with padding rows only points at a real row
-
-
-def kmeans(rows: torch.Tensor, lists: int, iterations: int = 10, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means on rows [N, D] (float32) from a seeded random start: the list of each row [N].
-
-    The centroids train on at most KMEANS_SAMPLE rows per list (as faiss does), so the cost grows
-    with N, not N^2; every row is assigned to its nearest centroid at the end.
-    """
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(rows), generator=g)
-    sample = rows[order[: KMEANS_SAMPLE * lists]]
-    centroids = sample[:lists].clone()
-    for _ in range(iterations):
-        assign = _nearest_centroid(sample, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, sample)
-        counts = torch.bincount(assign, minlength=lists)
-        filled = counts > 0  # an empty list keeps its centroid (it stays empty or refills)
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).float()
-    return torch.cat([_nearest_centroid(part, centroids) for part in rows.split(65536)])
-
-
-def _nearest_centroid(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    return torch.addmm((centroids * centroids).sum(1), rows, centroids.T, alpha=-2.0).argmin(1)
 
 
 class ListTable:

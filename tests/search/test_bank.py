@@ -193,13 +193,17 @@ def test_describe_names_the_bf16_implementation(bf16_path):
         assert search.describe() == "exact_bf16, torch GEMM"
 
 
-def ivf_or_skip():
-    if native.load() is None:
-        pytest.skip(f"ivf needs the fused kernel: {native.unsupported() or 'it could not be built'}")
+@pytest.fixture(params=["float32 GEMM", "fused kernel"])
+def ivf_scan(request, monkeypatch):
+    """ivf's two scans of the same lists: torch's float32 GEMMs (AVX2, ARM64) and the fused kernel (AVX-512 BF16)."""
+    if request.param == "float32 GEMM":
+        monkeypatch.setattr(native, "load", lambda: None)
+    elif native.load() is None:
+        pytest.skip(f"the fused kernel does not run here: {native.unsupported() or 'it could not be built'}")
+    return request.param
 
 
-def test_ivf_recall_at_1_on_clustered_rows_and_fp32_distances():
-    ivf_or_skip()
+def test_ivf_recall_at_1_on_clustered_rows_and_fp32_distances(ivf_scan):
     queries, bank = clustered(12_000, 2000, dim=32, clusters=64, seed=13)
     search = BankSearch("ivf", ivf_nprobe=16)
     distances, indices = search(queries, bank)
@@ -207,31 +211,37 @@ def test_ivf_recall_at_1_on_clustered_rows_and_fp32_distances():
     recall = float((indices[:, 0] == expected.indices[:, 0]).float().mean())
     assert recall >= 0.99, recall
     assert torch.equal(distances[:, 0], (queries - bank[indices[:, 0]]).norm(dim=-1))  # fp32-exact
-    assert search.describe() == "ivf 60 lists, nprobe 16"
+    assert search.describe() == f"ivf 60 lists, nprobe 16, {ivf_scan}"
 
 
-def test_ivf_probing_every_list_is_exhaustive():
-    ivf_or_skip()
+def test_ivf_probing_every_list_is_exhaustive(ivf_scan):
     queries, bank = gaussian(3001, 500, dim=40, seed=8)
     _, indices = BankSearch("ivf", ivf_nprobe=1000)(queries, bank)  # more probes than lists: all
     assert torch.equal(indices, brute_force(queries, bank).indices)
 
 
-def test_ivf_without_the_kernel_names_the_alternatives(monkeypatch):
-    monkeypatch.setattr(native, "load", lambda: None)
-    with pytest.raises(
-        ConfigError, match="--model.search ivf needs the fused bf16 kernel.*exact_bf16 or faiss"
-    ):
-        BankSearch("ivf")(torch.randn(3, 8), torch.randn(100, 8))
+def test_ivf_keeps_the_batch_shape_and_finds_k_rows_exactly(ivf_scan):
+    queries, bank = gaussian(12_000, 600, dim=16, seed=3)
+    batch = queries.view(3, 200, 16)
+    distances, indices = BankSearch("ivf", ivf_nprobe=60)(batch, bank)  # every list: exhaustive
+    assert distances.shape == indices.shape == (3, 200, 1)
+    clear = nearest_gap_ok(queries, bank)  # bf16 ranks near-ties either way
+    assert int(clear.sum()) > 550
+    assert torch.equal(indices.view(-1)[clear], brute_force(queries, bank).indices[clear, 0])
+    _, top3 = BankSearch("ivf")(batch, bank, k=3)  # k > 1 goes exhaustive
+    assert torch.equal(top3.view(-1, 3), brute_force(queries, bank, 3).indices)
 
 
-def test_auto_takes_ivf_where_the_kernel_runs_else_faiss_for_large_banks(monkeypatch):
+def test_auto_takes_ivf_on_x86_and_faiss_on_other_cpus_for_large_banks(monkeypatch):
     search, dev = BankSearch("auto"), torch.device("cpu")
     if native.load() is not None:
         assert search.backend(dev, 20_000) == "ivf"
     small = search.backend(dev, 9_999)  # a small bank is searched exhaustively
     assert small == ("exact_bf16" if cpu.fast_bf16(dev) else "exact_fp32")
     monkeypatch.setattr(native, "load", lambda: None)  # no kernel (AVX2, ARM, no compiler, MVTEC_AD_NATIVE=0)
+    monkeypatch.setattr(cpu, "x86_64", lambda: True)
+    assert search.backend(dev, 20_000) == "ivf"  # its float32 GEMM scan
+    monkeypatch.setattr(cpu, "x86_64", lambda: False)  # ARM64: faiss
     assert search.backend(dev, 20_000) == "faiss"
     assert search.backend(dev, 9_999) == small
     monkeypatch.setitem(sys.modules, "faiss", None)  # faiss broken or removed: exhaustive, never an error
@@ -240,8 +250,6 @@ def test_auto_takes_ivf_where_the_kernel_runs_else_faiss_for_large_banks(monkeyp
 
 @pytest.mark.parametrize("name", ["exact_fp32", "exact_bf16", "faiss", "ivf", "auto"])
 def test_queries_of_another_width_than_the_bank_name_the_options(name):
-    if name == "ivf" and native.load() is None:
-        pytest.skip("ivf needs the fused kernel")
     _, bank = clustered(12_000, 1, dim=32)
     queries = torch.randn(5, 48)
     with pytest.raises(
@@ -250,11 +258,12 @@ def test_queries_of_another_width_than_the_bank_name_the_options(name):
         BankSearch(name)(queries, bank)
 
 
-@pytest.mark.parametrize("name", ["exact_bf16", "faiss", "ivf", "auto"])
-def test_every_approximate_backend_at_its_defaults_finds_the_nearest_row(name):
+@pytest.mark.parametrize("name", ["exact_bf16", "faiss", "ivf", "ivf, float32 GEMM", "auto"])
+def test_every_approximate_backend_at_its_defaults_finds_the_nearest_row(name, monkeypatch):
     """recall@1 >= 0.999 on clustered rows, for each backend as `auto` and the configs run it."""
-    if name == "ivf" and native.load() is None:
-        pytest.skip("ivf needs the fused kernel")
+    if name == "ivf, float32 GEMM":  # ivf's scan on CPUs without the fused kernel
+        name = "ivf"
+        monkeypatch.setattr(native, "load", lambda: None)
     queries, bank = clustered(20_000, 4000, dim=64, clusters=64, seed=5)
     _, indices = BankSearch(name)(queries, bank)
     expected = brute_force(queries, bank)

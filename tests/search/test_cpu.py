@@ -26,15 +26,18 @@ def as_avx2(monkeypatch):
     native.load.cache_clear()
 
 
-def test_avx2_override_hides_the_kernel_and_bf16_and_auto_takes_faiss(as_avx2):
+def test_avx2_override_hides_the_kernel_and_bf16_and_auto_takes_ivfs_gemm_scan(as_avx2):
     dev = torch.device("cpu")
     assert native.load() is None
     assert native.unsupported() == "MVTEC_AD_CPU=avx2: the CPU is seen as plain AVX2"
     assert not cpu.fast_bf16(dev) and not cpu.has_amx() and not cpu.has_avx512_bf16()
     assert set(cpu.features()) <= {"AVX2"}
     search = BankSearch("auto")
-    assert search.backend(dev, 47_800) == "faiss"
+    assert search.backend(dev, 47_800) == ("ivf" if cpu.x86_64() else "faiss")
     assert search.backend(dev, 5_000) == "exact_fp32"
+    if cpu.x86_64():
+        search(torch.randn(4, 8), torch.randn(12_000, 8))
+        assert search.describe() == "auto: ivf 60 lists, nprobe 24, float32 GEMM"
     assert "MVTEC_AD_CPU=avx2 (the CPU has " in cpu.describe()
 
 
@@ -59,7 +62,8 @@ def test_the_override_reaches_torch_onednn_mkl_and_faiss_in_a_fresh_process():
         "print(os.environ['ONEDNN_MAX_CPU_ISA'], os.environ['MKL_ENABLE_INSTRUCTIONS'])\n"
         "level = getattr(faiss, 'SIMDConfig', None)\n"
         "print(level.get_level_name() if level is not None else 'AVX2')\n"
-        "print(BankSearch('auto').backend(torch.device('cpu'), 47800))\n"
+        "search = BankSearch('auto'); search(torch.randn(4, 8), torch.randn(12000, 8))\n"
+        "print(search.describe())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -70,7 +74,9 @@ def test_the_override_reaches_torch_onednn_mkl_and_faiss_in_a_fresh_process():
     )  # DEFAULT: a CPU without AVX2 (then AVX2 is not there to simulate)
     assert isa == "AVX2 AVX2"
     assert faiss_level == "AVX2"
-    assert backend == "faiss"
+    assert backend == (
+        "auto: ivf 60 lists, nprobe 24, float32 GEMM" if cpu.x86_64() else "auto: faiss IVF60,Flat, nprobe 24"
+    )
 
 
 def test_faiss_is_in_the_base_install():

@@ -154,25 +154,6 @@ def test_list_table_holds_every_row_once_in_its_lists_tiles():
     assert rows.shape == (30, 32) and int(rows.min()) >= 0 and int(rows.max()) < 1000
 
 
-def test_kmeans_trains_on_a_sample_and_assigns_every_row(monkeypatch):
-    monkeypatch.setattr(native, "KMEANS_SAMPLE", 4)  # 5 lists x 4 rows train; all 600 are assigned
-    g = torch.Generator().manual_seed(6)
-    centres = torch.randn(5, 8, generator=g) * 20
-    truth = torch.arange(600) % 5
-    rows = centres[truth] + torch.randn(600, 8, generator=g)
-    assign = native.kmeans(rows, 5)
-    assert assign.shape == (600,) and int(assign.max()) < 5
-    assert torch.equal(native.kmeans(rows, 5), assign)  # seeded
-    # far tighter than the rows around their overall mean (random lists: the same; one merge of two
-    # true clusters, which a random start allows: ~10x tighter; clean lists: ~400x)
-    means = (
-        torch.zeros(5, 8).index_add_(0, assign, rows)
-        / torch.bincount(assign, minlength=5).clamp_min(1)[:, None]
-    )
-    inertia = (rows - means[assign]).square().sum(1).mean()
-    assert inertia < (rows - rows.mean(0)).square().sum(1).mean() / 5
-
-
 def test_list_table_refuses_queries_of_another_width():
     lib = kernel_or_skip()
     table = native.ListTable(torch.randn(100, 16), torch.zeros(16), lib, lists=3)
