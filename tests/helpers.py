@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mvtec_ad.data.datamodule import AnomalyDataModule
 from mvtec_ad.data.geometry import InputGeometry
+from mvtec_ad.evaluation.results_table import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 64, "n_train": 12, "n_test_good": 4, "n_test_defect": 8}
@@ -133,3 +134,27 @@ def one_step_lowers_loss(params, loss_fn, lr: float) -> tuple[float, float]:
     optimizer.step()
     with torch.no_grad():
         return float(before), float(loss_fn())
+
+
+# ---- benchmark rows ------------------------------------------------------------------------------
+def benchmark_row(category: str, status: str = "ok", config: str = "configs/knn.yaml", **values) -> dict:
+    """A results.csv row of a knn run on `category`, with `values` for its metrics and costs."""
+    return {
+        **dict.fromkeys(COLUMNS),
+        "detector": "knn",
+        "config": config,
+        "category": category,
+        "status": status,
+        "command": f"python -m mvtec_ad train --config {config} --data.category {category}",
+    } | values
+
+
+def three_benchmark_rows() -> list[dict]:
+    """bottle with pixel metrics, cable image-only (pixel null), capsule failed."""
+    return [
+        benchmark_row(
+            "bottle", image_auroc=0.8, pixel_auroc=0.9, pixel_aupro=0.6, seconds=10.0, peak_rss_mb=500.0
+        ),
+        benchmark_row("cable", image_auroc=0.6, seconds=20.0, peak_rss_mb=700.0),  # image-only: pixel null
+        benchmark_row("capsule", "failed: CUDA out of memory (exit 1)", seconds=99.0, peak_rss_mb=9000.0),
+    ]

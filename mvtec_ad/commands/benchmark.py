@@ -29,10 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mvtec_ad.commands.benchmark_table import (
-    COLUMNS,
-    METRIC_COLUMNS,
-    OK,
-    Row,
     is_finished,
     markdown_path,
     read_rows,
@@ -41,6 +37,7 @@ from mvtec_ad.commands.benchmark_table import (
 )
 from mvtec_ad.data.sources.mvtec import resolve_categories
 from mvtec_ad.errors import ConfigError
+from mvtec_ad.evaluation.results_table import COLUMNS, METRIC_COLUMNS, OK, Row
 from mvtec_ad.progress import steps
 from mvtec_ad.report.results_page import html_path
 

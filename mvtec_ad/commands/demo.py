@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvtec_ad.commands.benchmark import check_configs, plan_runs, run_benchmark
-from mvtec_ad.commands.benchmark_table import OK, markdown_path
+from mvtec_ad.commands.benchmark_table import markdown_path
 from mvtec_ad.data.demo_set import DEMO_CATEGORIES, make_demo_dataset
+from mvtec_ad.evaluation.results_table import OK
 
 DEMO_CONFIGS = ("configs/demo/dfr.yaml", "configs/demo/favae.yaml")
 

@@ -5,6 +5,7 @@ category, then the mean over the ok categories, the config's seconds (sum over i
 its peak memory (largest run). The best value of each column is marked (highest metric, fewest
 seconds, least memory); a click on a column's header sorts the rows by it. Each cell links to
 its run's report/index.html (a failed run: to its train.log). Self-contained like report.page.
+The rows' columns and each config's mean come from evaluation/results_table.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from mvtec_ad.evaluation.results_table import OK, group_by_config, mean_row, ok_values
 from mvtec_ad.report.files import write_text
 from mvtec_ad.report.page import esc, link
 
@@ -93,8 +95,8 @@ def report_link(row: dict, page_dir: Path) -> str | None:
     run_dir = Path(str(row.get("run_dir") or ""))
     if not row.get("run_dir"):
         return None
-    target = run_dir / "report" / "index.html" if row["status"] == "ok" else run_dir / "train.log"
-    if row["status"] != "ok" and not target.exists():
+    target = run_dir / "report" / "index.html" if row["status"] == OK else run_dir / "train.log"
+    if row["status"] != OK and not target.exists():
         target = next(run_dir.rglob("train.log"), target)
     return link(os.path.relpath(target.resolve(), page_dir.resolve()))
 
@@ -112,8 +114,6 @@ def td(inner: str, value: float | str | None, classes: Sequence[str] = ()) -> st
 
 def metric_table(metric: str, groups: dict[str, list[dict]], categories: list[str], page_dir: Path) -> str:
     """One metric's table: configs x categories, mean, seconds, peak memory; the best of each column marked."""
-    from mvtec_ad.commands.benchmark_table import OK, mean_row, ok_values
-
     columns = [*categories, "mean", "seconds", "peak RSS MB"]  # seconds: summed over the ok runs
     lower_is_better = {"seconds", "peak RSS MB"}
     # per config and column: the value compared, the cell's text, its classes, whether it may be best
@@ -181,8 +181,6 @@ def metric_table(metric: str, groups: dict[str, list[dict]], categories: list[st
 
 def results_page_html(rows: Sequence[dict], page_dir: Path) -> str:
     """The page for the benchmark's per-category rows (results.csv without its mean rows)."""
-    from mvtec_ad.commands.benchmark_table import OK, group_by_config
-
     groups = group_by_config(rows)
     categories = list(dict.fromkeys(str(r["category"]) for r in rows))
     n_ok = sum(r["status"] == OK for r in rows)

@@ -1,4 +1,4 @@
-"""The benchmark's rows without training: means, CSV round trip, resume, options, categories, peak memory."""
+"""The benchmark's rows without training: CSV round trip, resume, options, categories, peak memory."""
 
 import json
 import math
@@ -23,58 +23,19 @@ from mvtec_ad.commands.benchmark import (
     run_row,
 )
 from mvtec_ad.commands.benchmark_table import (
-    COLUMNS,
     is_finished,
     markdown_text,
-    mean_row,
     read_rows,
     row_key,
     write_results,
 )
 from mvtec_ad.data.sources.mvtec import resolve_categories
 from mvtec_ad.errors import ConfigError, DataError
-
-
-def make_row(category: str, status: str = "ok", config: str = "configs/knn.yaml", **values) -> dict:
-    return {
-        **dict.fromkeys(COLUMNS),
-        "detector": "knn",
-        "config": config,
-        "category": category,
-        "status": status,
-        "command": f"python -m mvtec_ad train --config {config} --data.category {category}",
-    } | values
-
-
-def three_rows() -> list[dict]:
-    return [
-        make_row(
-            "bottle", image_auroc=0.8, pixel_auroc=0.9, pixel_aupro=0.6, seconds=10.0, peak_rss_mb=500.0
-        ),
-        make_row("cable", image_auroc=0.6, seconds=20.0, peak_rss_mb=700.0),  # image-only: pixel null
-        make_row("capsule", "failed: CUDA out of memory (exit 1)", seconds=99.0, peak_rss_mb=9000.0),
-    ]
-
-
-def test_mean_row_leaves_out_failed_rows_and_null_pixel_metrics():
-    mean = mean_row(three_rows())
-    assert mean["category"] == "mean" and mean["config"] == "configs/knn.yaml"
-    assert mean["image_auroc"] == pytest.approx(0.7)
-    assert mean["pixel_auroc"] == pytest.approx(0.9) and mean["pixel_aupro"] == pytest.approx(0.6)
-    assert mean["precision"] is None
-    assert mean["seconds"] == pytest.approx(15.0)  # the failed run's 99 s is not a detector's time
-    assert mean["peak_rss_mb"] == 700.0
-    assert mean["status"] == "mean of 2 ok of 3 categories; pixel_auroc over 1, pixel_aupro over 1"
-
-
-def test_mean_row_leaves_out_nan_metrics():
-    rows = [make_row("a", image_auroc=float("nan")), make_row("b", image_auroc=0.5)]
-    assert mean_row(rows)["image_auroc"] == 0.5
-    assert mean_row([make_row("a", "failed: x")])["image_auroc"] is None
+from tests.helpers import benchmark_row, three_benchmark_rows
 
 
 def test_csv_round_trip_and_resume_key(tmp_path):
-    rows = three_rows()
+    rows = three_benchmark_rows()
     rows[2]["status"] = 'failed: ValueError: bad "x", y (exit 1)'  # commas and quotes survive
     rows[0] |= {"n_test": 12, "protocol": "official: 20% held out, seed 42", "run_dir": "r/knn/bottle"}
     csv_path = tmp_path / "results.csv"
@@ -99,7 +60,7 @@ def test_a_foreign_csv_is_refused(tmp_path):
 
 
 def test_markdown_has_mean_rows_counts_and_commands():
-    rows = three_rows() + [make_row("bottle", config="configs/dfr.yaml", image_auroc=0.9)]
+    rows = three_benchmark_rows() + [benchmark_row("bottle", config="configs/dfr.yaml", image_auroc=0.9)]
     text = markdown_text(rows)
     assert "| knn | `configs/knn.yaml` | 2/3 | 0.700 | 0.900 (n=1) | 0.600 (n=1) |" in text
     assert (
@@ -176,7 +137,7 @@ def test_options_pass_through_to_every_run(tmp_path, capsys):
 
 def test_a_finished_row_made_by_another_command_stops_the_resume(tmp_path):
     plan = plan_runs(["configs/knn.yaml"], "R", ["bottle"], tmp_path, ["--model.image_size", "64"])
-    finished = make_row("bottle", command=plan[0].command_in(plan[0].run_root / "run_3"))
+    finished = benchmark_row("bottle", command=plan[0].command_in(plan[0].run_root / "run_3"))
     check_resumable({plan[0].key: finished}, plan, tmp_path / "results.csv")
     changed = plan_runs(["configs/knn.yaml"], "R", ["bottle"], tmp_path, ["--model.image_size", "128"])
     with pytest.raises(ConfigError, match="made by another command"):

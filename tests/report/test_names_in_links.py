@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mvtec_ad.commands.benchmark_table import COLUMNS, OK, write_results
+from mvtec_ad.commands.benchmark_table import write_results
+from mvtec_ad.evaluation.results_table import COLUMNS, OK
 from mvtec_ad.report.gallery import Card, Gallery
 from mvtec_ad.report.page import link, run_page_html, write_run_page
 

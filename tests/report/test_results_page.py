@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mvtec_ad.commands.benchmark_table import COLUMNS, OK, write_results
+from mvtec_ad.commands.benchmark_table import write_results
+from mvtec_ad.evaluation.results_table import COLUMNS, OK
 
 ROWS = """(metric) => Array.from(document.querySelector(`table[data-metric="${metric}"]`).tBodies[0].rows).map(
     (r) => Array.from(r.cells).map((c) => ({text: c.textContent, best: c.classList.contains('best'),
