@@ -29,7 +29,7 @@ from mvtec_ad.evaluation.results import test_record
 from mvtec_ad.evaluation.selection import OverlaySelection
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
 from mvtec_ad.report.gallery import Gallery
-from mvtec_ad.report.test_report import write_test_report
+from mvtec_ad.report.run_report import write_test_report
 
 
 def pixel_inputs(

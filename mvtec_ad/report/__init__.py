@@ -1,2 +1,3 @@
-"""What a person reads: files.py (atomic writes), charts.py, overlays.py, test_report.py (a test run's
-metrics.json, charts and overlays), predictions.py (predict's tables and heatmaps), stats_plots.py."""
+"""What a person reads: files.py (atomic writes), charts.py, overlays.py, run_report.py (a test run's
+metrics.json, charts, overlays and report page), predictions.py (predict's tables and heatmaps),
+stats_plots.py."""

@@ -36,7 +36,7 @@ from mvtec_ad.report.charts import prediction_histogram
 from mvtec_ad.report.files import save_png, write_json, write_text
 from mvtec_ad.report.gallery import Card, Gallery
 from mvtec_ad.report.page import write_run_page
-from mvtec_ad.report.test_report import run_rows
+from mvtec_ad.report.run_report import run_rows
 
 COLUMNS = ("path", "score", "label", "threshold", "heatmap", "overlay")
 
