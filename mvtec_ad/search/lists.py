@@ -4,7 +4,7 @@ The ivf backend's portable path, for CPUs without the fused bf16 kernel (AVX2, A
 queries probing each list are gathered and multiplied with that list's rows in one GEMM, so a
 list is read once per batch instead of once per query (faiss's IVFFlat scans per query). On 2
 AVX2 cores patchcore's model throughput was 1.67x faiss IVF's with the same lists and probes
-(README, Benchmarks).
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

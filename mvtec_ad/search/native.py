@@ -2,7 +2,7 @@
 
 On CPUs with AVX-512 BF16 but no AMX (AMD Zen 4/5, Intel Cooper Lake) torch's bf16 GEMM reaches
 ~250 GFLOP/s on 2 cores and writes every score; the fused kernel reaches ~380 and writes none
-(README, Benchmarks). On AMX CPUs oneDNN's GEMM is faster still, so exact_bf16 keeps it there;
+(docs/benchmarks.md). On AMX CPUs oneDNN's GEMM is faster still, so exact_bf16 keeps it there;
 ivf needs the kernel on any CPU. The kernel is compiled once per source version with the system
 C compiler (`cc`, or $CC) into the user's cache folder; without a compiler search falls back to
 the torch path with one warning, and MVTEC_AD_NATIVE=0 turns the kernel off silently. Nothing is
