@@ -79,8 +79,8 @@ class PatchCoreModel(Detector, ResizableBuffers):
                 default: probed once more than EXACT_PICKS patches are kept, else exact).
             search: nearest-neighbour backend (mvtec_ad.search): exact_fp32,
                 exact_bf16 (bf16 ranking, float32 re-rank), ivf (k-means lists scanned by the fused
-                bf16 kernel), faiss, or auto (the default: ivf for banks of 10k+ rows where the
-                kernel runs, else faiss, see mvtec_ad.search.bank). The exact coreset's distance
+                bf16 kernel or by float32 GEMMs), faiss, or auto (the default: ivf for banks of 10k+
+                rows on x86-64, faiss on ARM64, see mvtec_ad.search.bank). The exact coreset's distance
                 updates run in bf16 where the device multiplies bf16 in hardware, unless search is
                 exact_fp32; the probed coreset's in float32.
             faiss_index: faiss index_factory string (Flat, IVF256,Flat, HNSW32) or auto.
