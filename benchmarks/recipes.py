@@ -29,60 +29,48 @@ SETS = ("magnetic_tile", "magnetic_tile_x2", "fabric_strips", "fabric", "washer"
 # `patchcore_magnetic_tile` recipe, so no recipe here was tuned on the other five.
 CHOSEN_ON = SETS
 
-# recipe -> options over configs/demo/<detector>.yaml (each sets every option any recipe varies)
+
+def patchcore(
+    size: str,
+    score: str = "max",
+    coreset: str = "0.05",
+    layers: str = "[blocks.2, blocks.4]",
+    pool: str = "3",
+    sigma: str = "4.0",
+    resize: str = "keep_aspect",
+    window: str | None = None,
+    backbone: str | None = None,
+) -> tuple[str, ...]:
+    """A patchcore recipe's options: every option any recipe varies, so no row depends on the config file."""
+    options = ["--model.resize", resize, "--model.image_size", size, "--model.layers", layers]
+    options += ["--model.pool_kernel", pool, "--model.sigma", sigma, "--model.score", score]
+    options += ["--model.score_window", window] if window else []
+    options += ["--model.coreset_ratio", coreset]
+    return (*options, *(["--model.backbone", backbone] if backbone else []))
+
+
+def dfr(size: str, resize: str = "keep_aspect") -> tuple[str, ...]:
+    return ("--model.resize", resize, "--model.image_size", size, "--model.layers", "[blocks.2, blocks.4]")
+
+
+# recipe -> options over configs/demo/<detector>.yaml
 PATCHCORE: dict[str, tuple[str, ...]] = {
-    "squash_224 (old default)": (
-        "--model.resize", "squash", "--model.image_size", "224", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "max",
-        "--model.coreset_ratio", "0.1",
+    "squash_224 (old default)": patchcore("224", resize="squash", coreset="0.1"),
+    "keep_aspect_320": patchcore("320"),
+    "magnetic_tile (ka 384, blocks 4+6)": patchcore(
+        "384", "window_max", "0.1", layers="[blocks.4, blocks.6]", pool="5", sigma="8.0"
     ),
-    "keep_aspect_320": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "max",
-        "--model.coreset_ratio", "0.05",
-    ),
-    "magnetic_tile (ka 384, blocks 4+6)": (
-        "--model.resize", "keep_aspect", "--model.image_size", "384", "--model.layers", "[blocks.4, blocks.6]",
-        "--model.pool_kernel", "5", "--model.sigma", "8.0", "--model.score", "window_max",
-        "--model.coreset_ratio", "0.1",
-    ),
-    "keep_aspect_320, window_max": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "window_max",
-        "--model.coreset_ratio", "0.05",
-    ),
-    "keep_aspect_288": (
-        "--model.resize", "keep_aspect", "--model.image_size", "288", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "max",
-        "--model.coreset_ratio", "0.06",
-    ),
-    "keep_aspect_320, window_max, lite1": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "window_max",
-        "--model.coreset_ratio", "0.05", "--model.backbone", "efficientnet_lite1",
-    ),
-    "keep_aspect_320, window_max 5": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "3", "--model.sigma", "4.0", "--model.score", "window_max",
-        "--model.score_window", "5", "--model.coreset_ratio", "0.05",
-    ),
-    "keep_aspect_320, window_max, pool 5": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-        "--model.pool_kernel", "5", "--model.sigma", "4.0", "--model.score", "window_max",
-        "--model.coreset_ratio", "0.05",
-    ),
-}  # fmt: skip
+    "keep_aspect_320, window_max": patchcore("320", "window_max"),
+    "keep_aspect_288": patchcore("288", coreset="0.06"),
+    "keep_aspect_320, window_max, lite1": patchcore("320", "window_max", backbone="efficientnet_lite1"),
+    "keep_aspect_320, window_max 5": patchcore("320", "window_max", window="5"),
+    "keep_aspect_320, window_max, pool 5": patchcore("320", "window_max", pool="5"),
+}
 DFR: dict[str, tuple[str, ...]] = {
-    "squash_224 (old default)": (
-        "--model.resize", "squash", "--model.image_size", "224", "--model.layers", "[blocks.2, blocks.4]",
-    ),
-    "keep_aspect_224": (
-        "--model.resize", "keep_aspect", "--model.image_size", "224", "--model.layers", "[blocks.2, blocks.4]",
-    ),
-    "keep_aspect_320": (
-        "--model.resize", "keep_aspect", "--model.image_size", "320", "--model.layers", "[blocks.2, blocks.4]",
-    ),
-}  # fmt: skip
+    "squash_224 (old default)": dfr("224", resize="squash"),
+    "keep_aspect_224": dfr("224"),
+    "keep_aspect_320": dfr("320"),
+}
 RECIPES = {"patchcore": PATCHCORE, "dfr": DFR}
 BASELINE = "squash_224 (old default)"
 # the configs that shipped before the recipes were compared (issue 30's "today's three"): a new
