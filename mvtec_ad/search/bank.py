@@ -1,7 +1,7 @@
 """BankSearch: the memory banks' nearest rows by one of five backends, and `auto`'s choice among them.
 
     auto        on a CPU, banks of FLAT_BELOW rows or more: ivf on x86-64 (its fused kernel where
-                AVX-512 BF16 runs, else its float32 GEMM scan: 2-3x faster than faiss IVF on AVX2),
+                AVX-512 BF16 runs, else its float32 GEMM scan: 1.67x faiss IVF's model throughput on AVX2),
                 faiss IVF on other CPUs (ARM64: ivf's GEMM scan was not measured there), exact_fp32
                 where faiss is missing. Smaller banks exhaustively, exact_bf16 where bf16 runs in
                 hardware, else exact_fp32. On a GPU: exact_bf16 from Ampere on, else exact_fp32.

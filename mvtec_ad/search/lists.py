@@ -38,24 +38,33 @@ def _nearest_centroid(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tens
     return torch.addmm((centroids * centroids).sum(1), rows, centroids.T, alpha=-2.0).argmin(1)
 
 
+def kmeans_lists(
+    rows: torch.Tensor, lists: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rows [N, D] (float32) in k-means lists: each row's list [N], rows per list [L], the lists' means [L, D]
+    (an empty list's mean is 0), for L = lists clamped to [1, min(N, MAX_LISTS)]."""
+    lists = max(1, min(lists, len(rows), MAX_LISTS))
+    assign = kmeans(rows, lists, seed=seed)
+    counts = torch.bincount(assign, minlength=lists)
+    means = torch.zeros(lists, rows.shape[1]).index_add_(0, assign, rows) / counts.clamp_min(1)[:, None]
+    return assign, counts, means
+
+
 class GemmLists:
     """A float32 bank [N, D] in k-means lists, scanned list by list with one GEMM per list a batch."""
 
     def __init__(self, bank: torch.Tensor, lists: int, seed: int = 0) -> None:
         x = bank.detach().cpu().float()
         self.n, self.d = x.shape
-        self.lists = max(1, min(lists, self.n, MAX_LISTS))
-        assign = kmeans(x, self.lists, seed=seed)
-        counts = torch.bincount(assign, minlength=self.lists)
+        assign, counts, self.centroids = kmeans_lists(x, lists, seed)
+        self.lists = len(counts)
         self.order = assign.argsort(stable=True)  # bank row of each listed row
         self.rows = x[self.order].contiguous()
         self.norms = self.rows.square().sum(1)
         self.sizes = counts.tolist()
         self.starts = [0, *counts.cumsum(0)[:-1].tolist()]
-        centroids = torch.zeros(self.lists, self.d).index_add_(0, assign, x) / counts.clamp_min(1)[:, None]
-        self.centroids = centroids
         # an empty list is never probed: its centroid is infinitely far
-        self.centroid_norms = torch.where(counts > 0, centroids.square().sum(1), torch.inf)
+        self.centroid_norms = torch.where(counts > 0, self.centroids.square().sum(1), torch.inf)
 
     def nearest_rows(self, queries: torch.Tensor, nprobe: int) -> torch.Tensor:
         """The bank row [Q] (int64) nearest each query [Q, D] among the rows of its `nprobe` nearest lists."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mvtec_ad.search import cpu
-from mvtec_ad.search.lists import MAX_LISTS, kmeans
+from mvtec_ad.search.lists import kmeans_lists
 
 SOURCE = Path(__file__).with_name("kernels") / "bf16_lanemin.c"
 FLAGS = (
@@ -361,12 +361,8 @@ class ListTable:
         x = bank.detach().cpu().float() - centre.cpu()
         self.n, self.d = x.shape
         self.k2 = (self.d + 1) // 2
-        self.lists = max(1, min(lists, self.n, MAX_LISTS))
-        assign = kmeans(x, self.lists, seed=seed)
-        counts = torch.bincount(assign, minlength=self.lists)
-        self.centroids = (
-            torch.zeros(self.lists, self.d).index_add_(0, assign, x) / counts.clamp_min(1)[:, None]
-        )
+        assign, counts, self.centroids = kmeans_lists(x, lists, seed)
+        self.lists = len(counts)
         tiles_per = (counts + TILE - 1) // TILE
         self.list_tile = torch.cat([tiles_per.new_zeros(1), tiles_per.cumsum(0)]).contiguous()
         self.tiles = int(self.list_tile[-1])
