@@ -28,7 +28,8 @@ onnx = pytest.importorskip("onnx")
 SHORT_FIT = ("--trainer.max_epochs", "1", "--data.train_batch_size", "4")
 DETECTORS = {  # demo config -> (class, fit options that keep the fit to seconds)
     "knn": ("mvtec_ad.models.knn.KNN", ()),
-    "patchcore": ("mvtec_ad.models.patchcore.PatchCore", ()),
+    # the default recipe keeps the aspect ratio; squash here (keep_aspect export: test_export_geometry.py)
+    "patchcore": ("mvtec_ad.models.patchcore.PatchCore", ("--model.resize", "squash")),
     # window_max score, 5x5 pool, stride-16/32 layers (keep_aspect export: test_export_geometry.py)
     "patchcore_magnetic_tile": ("mvtec_ad.models.patchcore.PatchCore", ("--model.resize", "squash")),
     "dfr": ("mvtec_ad.models.dfr.DFR", SHORT_FIT),
@@ -117,8 +118,8 @@ def test_onnx_export_gives_the_checkpoint_scores_and_maps(name, fitted, tmp_path
 
     if name == "patchcore":  # the re-weighted score too (nearest neighbours of the worst patch)
         reweighted = detector_class(name).load_from_checkpoint(
-            checkpoint, map_location="cpu", reweight=True, num_neighbors=3
-        )
+            checkpoint, map_location="cpu", reweight=True, num_neighbors=3, score="max"
+        )  # re-weighting applies to the max score (the default recipe scores window_max)
         path = export_onnx(reweighted.eval(), tmp_path / "reweighted.onnx")
         assert_onnx_matches(path, reweighted, test_images)
 
