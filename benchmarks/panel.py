@@ -68,7 +68,7 @@ def make_closer_set(out: Path, source: Path, scale: int = 2, seed: int = 0, ever
     rng = np.random.default_rng(seed)
     files = [p for split in ("train", "test") for p in sorted((source / split).rglob("*")) if p.is_file()]
     for path in files:
-        if int(path.stem) % every if path.stem.isdigit() else False:
+        if path.stem.isdigit() and int(path.stem) % every:
             continue
         relative = path.relative_to(source)
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -78,7 +78,11 @@ def make_closer_set(out: Path, source: Path, scale: int = 2, seed: int = 0, ever
         if relative.parts[0] == "test" and defect != "good" and mask_path.exists():
             mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
             ys, xs = np.nonzero(mask)
-            centre = (int(ys.mean() * scale), int(xs.mean() * scale)) if ys.size else (h, w)
+            centre = (
+                (int(ys.mean() * scale), int(xs.mean() * scale))
+                if ys.size
+                else (h * scale // 2, w * scale // 2)
+            )
             kept = closer(mask, centre, scale, cv2.INTER_NEAREST)
             (target / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target / "ground_truth" / defect / mask_path.name), kept)
