@@ -40,9 +40,12 @@ def patchcore(
     resize: str = "keep_aspect",
     window: str | None = None,
     backbone: str | None = None,
+    coarse: str = "[]",
+    coarse_pool: str = "5",
 ) -> tuple[str, ...]:
     """A patchcore recipe's options: every option any recipe varies, so no row depends on the config file."""
     options = ["--model.resize", resize, "--model.image_size", size, "--model.layers", layers]
+    options += ["--model.coarse_layers", coarse, "--model.coarse_pool_kernel", coarse_pool]
     options += ["--model.pool_kernel", pool, "--model.sigma", sigma, "--model.score", score]
     options += ["--model.score_window", window] if window else []
     options += ["--model.coreset_ratio", coreset]
@@ -65,6 +68,9 @@ PATCHCORE: dict[str, tuple[str, ...]] = {
     "keep_aspect_320, window_max, lite1": patchcore("320", "window_max", backbone="efficientnet_lite1"),
     "keep_aspect_320, window_max 5": patchcore("320", "window_max", window="5"),
     "keep_aspect_320, window_max, pool 5": patchcore("320", "window_max", pool="5"),
+    "keep_aspect_320, window_max, + coarse bank": patchcore(
+        "320", "window_max", coarse="[blocks.4, blocks.6]"
+    ),
 }
 DFR: dict[str, tuple[str, ...]] = {
     "squash_224 (old default)": dfr("224", resize="squash"),

@@ -95,3 +95,67 @@ def test_patchcore_rejects_unknown_score_rules_and_reweighting_a_window_score():
         PatchCoreModel(**tiny_dfr_kwargs(), score="topk", image_size=64)
     with pytest.raises(ConfigError, match="--model.reweight re-weights the max patch score"):
         PatchCoreModel(**tiny_dfr_kwargs(), score="window_max", reweight=True, image_size=64)
+
+
+def two_bank(coarse_layers=("blocks.4", "blocks.6"), pool: int = 5, **kwargs) -> PatchCoreModel:
+    model = PatchCoreModel(
+        **tiny_dfr_kwargs(), coreset_ratio=0.25, image_size=64, coarse_layers=coarse_layers,
+        coarse_pool_kernel=pool, **kwargs,
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.fit(*model.embed_banks(IMAGES[:4]))
+    return model
+
+
+def test_patchcore_two_identical_banks_give_the_single_bank_map(patchcore):
+    twin = two_bank(coarse_layers=tiny_dfr_kwargs()["layers"], pool=3)
+    assert torch.equal(twin.coarse_bank, twin.memory_bank) and torch.equal(
+        twin.memory_bank, patchcore.memory_bank
+    )
+    with torch.no_grad():
+        twin.calibrate(twin.normal_distances(IMAGES[4:], None))  # identical banks: identical statistics
+        single, both = patchcore(IMAGES), twin(IMAGES)
+    assert torch.equal(twin.bank_stats[0], twin.bank_stats[1])
+    assert torch.allclose(both.map, single.map, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(both.score, single.score, rtol=1e-5)
+
+
+def test_patchcore_coarse_bank_is_scaled_onto_the_fine_bank_and_averaged_into_the_score(patchcore):
+    model = two_bank()
+    assert model.coarse_bank.shape[1] == sum(model.extractor.channels[1:])  # blocks.4 + blocks.6, one pass
+    with torch.no_grad():
+        model.calibrate([torch.tensor([1.0, 3.0]), torch.tensor([10.0, 20.0, 30.0])])
+    assert torch.allclose(model.bank_stats, torch.tensor([[2.0, 2**0.5], [20.0, 10.0]]))
+    with torch.no_grad():
+        fine, coarse = model.embed_banks(IMAGES)
+        maps = []
+        for features, bank in ((fine, model.memory_bank), (coarse, model.coarse_bank)):
+            b, c, h, w = features.shape  # by hand: the exact nearest bank row of every patch
+            rows = features.permute(0, 2, 3, 1).reshape(-1, c)
+            near = torch.cdist(rows, bank, compute_mode="donot_use_mm_for_euclid_dist").amin(1)
+            maps.append(near.view(b, 1, h, w))
+        coarse_map = torch.nn.functional.interpolate(maps[1], size=maps[0].shape[-2:], mode="bilinear")
+        expected = (maps[0] + 2.0 + (coarse_map - 20.0) * (2**0.5 / 10.0)) / 2
+        out = model(IMAGES)
+    assert coarse.shape[-1] * 2 == fine.shape[-1]  # the coarse grid is resized to the fine one
+    assert torch.allclose(out.score, expected.flatten(1).amax(1), rtol=1e-4)
+    single = patchcore(IMAGES)
+    assert not torch.allclose(out.score, single.score)
+    assert torch.allclose(out.map, single.map, rtol=1e-5, atol=1e-6)  # the map is the fine bank's
+
+
+def test_patchcore_checkpoint_carries_both_banks_and_their_statistics():
+    model = two_bank()
+    with torch.no_grad():
+        model.calibrate(model.normal_distances(IMAGES[4:], None))
+        fresh = PatchCoreModel(
+            **tiny_dfr_kwargs(), image_size=64, coarse_layers=["blocks.4", "blocks.6"]
+        ).eval()
+        fresh.load_state_dict(model.state_dict())
+        assert (
+            torch.equal(fresh.bank_stats, model.bank_stats)
+            and fresh.coarse_bank.shape == model.coarse_bank.shape
+        )
+        assert torch.equal(fresh(IMAGES).map, model(IMAGES).map)
+    with pytest.raises(ConfigError, match="leave --model.coarse_layers empty"):
+        PatchCoreModel(**tiny_dfr_kwargs(), image_size=64, coarse_layers=["blocks.6"], reweight=True)

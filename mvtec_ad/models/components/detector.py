@@ -100,9 +100,7 @@ class Detector(nn.Module):
 
     def detect_canvas(self, images: torch.Tensor, content: torch.Tensor | None = None) -> AnomalyOutput:
         """Scores and maps of canvas images whose image covers `content` (h, w) [B, 2] from the top-left."""
-        if self.pre_processor.geometry.resize == "squash":
-            content = None  # a squashed image covers its whole canvas
-        valid = content_mask(content, images.shape[-2:], images.device)
+        valid = self.canvas_valid(images, content)
         if self.tiler is None:
             return self.detect(images, valid)
         tiles = self.tiler.split(images)
@@ -116,6 +114,12 @@ class Detector(nn.Module):
             covers = self.tiler.per_image(tile_valid.flatten(1).any(1))
             scores = torch.where(covers, scores, torch.full_like(scores, -float("inf")))
         return AnomalyOutput(scores.amax(1), maps)
+
+    def canvas_valid(self, images: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor | None:
+        """The pixels [B, 1, H, W] of canvas images that are image, not padding (None: all of them)."""
+        if self.pre_processor.geometry.resize == "squash":
+            content = None  # a squashed image covers its whole canvas
+        return content_mask(content, images.shape[-2:], images.device)
 
     def map_score(self, maps: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """A stitched map's image score: the detector's own rule (its head's), over the image's pixels."""
