@@ -46,7 +46,9 @@ class AnomalyModule(L.LightningModule):
             threshold = ThresholdConfig(**threshold)
         self.model = model
         self.evaluator = Evaluator(threshold or ThresholdConfig(), num_overlays)
-        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("threshold", torch.tensor(float("nan")))  # image score threshold
+        # pixel (anomaly map) threshold: the predicted masks and SegF1; NaN = none fitted
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
 
     def save_hyperparameters(self, *args, **kwargs) -> None:
         """Lightning's, with the threshold config stored as a plain dict (weights_only checkpoint loading)."""
@@ -54,6 +56,12 @@ class AnomalyModule(L.LightningModule):
         super().save_hyperparameters(*args, frame=frame, **kwargs)
         if "threshold" in self.hparams:
             self.hparams.threshold = asdict(self.evaluator.threshold_config)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """torch's, also for checkpoints written before the pixel threshold existed (it loads as none)."""
+        if "pixel_threshold" not in state_dict:
+            state_dict = {**state_dict, "pixel_threshold": torch.tensor(float("nan"))}
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     @property
     def geometry(self) -> InputGeometry:
@@ -104,6 +112,9 @@ class AnomalyModule(L.LightningModule):
 
     def has_threshold(self) -> bool:
         return math.isfinite(float(self.threshold))
+
+    def has_pixel_threshold(self) -> bool:
+        return math.isfinite(float(self.pixel_threshold))
 
     def extra_results(self) -> dict:
         """Detector-specific facts for metrics.json (chosen hyperparameters, bank size, ...)."""
