@@ -1,17 +1,20 @@
 """One LightningDataModule for every source: protocols, seeded splits, synthetic anomalies, loaders.
 
-A source (`mvtec`, `folder`, `visa`; mvtec_ad.data.sources) scans its folder into the same
-`CategoryLayout`; everything after that is shared. Images leave as float [0, 1] RGB at the
+A source (`mvtec`, `folder`, `visa`, `mvtec_ad2`; mvtec_ad.data.sources) scans its folder into the
+same `CategoryLayout`; everything after that is shared. Images leave as float [0, 1] RGB at the
 geometry the model binds (`bind_input`, called by every detector in `setup`): the model owns its
 input size, and input normalisation (ImageNet mean/std, ...) is the model's too, so that
 checkpoints, `predict` and exported models take the same raw images as training.
 
 Validation protocols (seed report 2); model selection and thresholds only ever see `val_set`:
-    official    val = a seeded share of train/good (normal only); test = the official test split
+    official    val = a seeded share of train/good (normal only); test = the official test split.
+                A source whose dataset ships its own validation split (mvtec_ad2: validation/good)
+                gives it instead, and train/good stays whole (val_split is not used)
     test_split  (i) the official test split is divided, stratified by defect type: `test_share`
                 stays test, the rest becomes validation (real anomalies); train = all train/good
-    synthetic   (ii) val = a seeded share of train/good, `synthetic_share` of which get a
-                synthetic anomaly with an exact mask; test = the official test split
+    synthetic   (ii) val = a seeded share of train/good (or the source's own validation split),
+                `synthetic_share` of which get a synthetic anomaly with an exact mask; test = the
+                official test split
 `val_folds()` splits the validation set into `n_folds` label-stratified folds for cross-validation.
 """
 
@@ -33,7 +36,15 @@ from mvtec_ad.data.decode import DecodeCache
 from mvtec_ad.data.epochs import EpochSampler
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import CategoryLayout, Sample, find_images
-from mvtec_ad.data.sources import SOURCE_OPTIONS, SOURCES, scan_source, source_detail, source_options
+from mvtec_ad.data.sources import (
+    OWN_VALIDATION,
+    SOURCE_OPTIONS,
+    SOURCES,
+    scan_source,
+    source_detail,
+    source_options,
+    source_predict_samples,
+)
 from mvtec_ad.data.splits import split_test_val, split_train_val, stratified_folds, synthetic_assignment
 from mvtec_ad.errors import ConfigError
 
@@ -53,18 +64,19 @@ class Splits:
 
 
 class AnomalyDataModule(L.LightningDataModule):
-    """One category of a dataset folder (MVTec layout, your own folders, or VisA).
+    """One category of a dataset folder (MVTec layout, your own folders, VisA, or MVTec AD 2).
 
     Args:
         root: folder holding the category folders (mvtec: e.g. datasets/mvtec), the folders of
             source folder, or the extracted VisA folder.
         category: category folder (mvtec), object (visa) or the name in tables (folder; default:
             the name of good_dir's parent).
-        source: mvtec | folder | visa (see mvtec_ad.data.sources).
+        source: mvtec | folder | visa | mvtec_ad2 (see mvtec_ad.data.sources).
         train_batch_size / eval_batch_size: batch sizes for training and for val/test/predict.
         num_workers: DataLoader workers (kept alive across epochs so the decode cache survives).
         val_split: share of train/good held out, seeded, as validation data (protocols official
-            and synthetic; the seed's protocol (ii) holds out 0.4).
+            and synthetic; the seed's protocol (ii) holds out 0.4). Unused by sources with their
+            own validation split (mvtec_ad2).
         seed: seed of every split, fold and synthetic anomaly.
         require_masks: False allows defective test images without masks (image metrics only).
         protocol: official | test_split | synthetic (see the module docstring).
@@ -81,6 +93,8 @@ class AnomalyDataModule(L.LightningDataModule):
         good_dir, defect_dirs, mask_dirs, mask_pattern, good_test_share: source folder only
             (mvtec_ad.data.sources.folder; defaults good, -, none, "{stem}_mask.png", 0.2).
         split_csv: source visa only, the split file relative to root (default split_csv/1cls.csv).
+        predict_split: source mvtec_ad2 only, what `predict` reads: test_public (default, the test
+            split, labelled), test_private or test_private_mixed (unlabelled, -1).
         pixel_resolution: where pixel metrics are computed: `original` (default) upsamples each
             map to its ground-truth mask's own size, masks never resized, as MVTec AD's official
             evaluation does; `input` compares at the model's input size (faster, approximate).
@@ -90,7 +104,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self,
         root: str | Path = "datasets/demo",
         category: str | None = None,
-        source: Literal["mvtec", "folder", "visa"] = "mvtec",
+        source: Literal["mvtec", "folder", "visa", "mvtec_ad2"] = "mvtec",
         train_batch_size: int = 16,
         eval_batch_size: int = 32,
         num_workers: int = 0,
@@ -111,6 +125,7 @@ class AnomalyDataModule(L.LightningDataModule):
         mask_pattern: str | None = None,
         good_test_share: float | None = None,
         split_csv: str | None = None,
+        predict_split: str | None = None,
         pixel_resolution: Literal["original", "input"] = "original",
     ) -> None:
         super().__init__()
@@ -130,6 +145,10 @@ class AnomalyDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"--data.{foreign[0]} is an option of source {owners[foreign[0]]}, but --data.source is "
                 f"{source}: set --data.source {owners[foreign[0]]} or leave --data.{foreign[0]} out."
+            )
+        if path is not None and predict_split is not None:
+            raise ConfigError(
+                "--data.path and --data.predict_split both say what predict reads: pass one of them."
             )
         if protocol not in PROTOCOLS:
             raise ConfigError(f"--data.protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'.")
@@ -217,16 +236,26 @@ class AnomalyDataModule(L.LightningDataModule):
             check_samples(self.predict_samples)
             self._datasets.pop("predict", None)
             return
+        if stage == "predict":  # a split the source names for predict (mvtec_ad2's private ones)
+            samples = source_predict_samples(self.source, self.root, self.category, **self.source_options)
+            if samples is not None:
+                check_samples(samples)
+                self.predict_samples = samples
+                self._datasets.pop("predict", None)
+                return
         if self.layout is not None:
             return
         layout = scan_source(
             self.source, self.root, self.category, self.require_masks, self.seed, **self.source_options
         )
-        check_samples([*layout.train, *layout.test])  # every file, before anything is fitted
+        check_samples([*layout.train, *(layout.val or []), *layout.test])  # every file, before any fit
         self.layout = layout
         if self.protocol == "test_split":
             train = list(self.layout.train)
             test, val = split_test_val(self.layout.test, self.test_share, self.seed)
+        elif self.layout.val is not None:  # the dataset's own validation split; train stays whole
+            train, val = list(self.layout.train), list(self.layout.val)
+            test = list(self.layout.test)
         else:
             train, val = split_train_val(self.layout.train, self.val_split, self.seed)
             test = list(self.layout.test)
@@ -249,7 +278,7 @@ class AnomalyDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        if self.path is None:
+        if self.predict_samples is None:
             return self.test_dataloader()
         return self._loader(self.dataset("predict"), self.eval_batch_size, shuffle=False)
 
@@ -283,7 +312,9 @@ class AnomalyDataModule(L.LightningDataModule):
             )
         if split == "predict":
             if self.predict_samples is None:
-                raise ConfigError("No images to predict: set --data.path and call setup('predict') first.")
+                raise ConfigError(
+                    "No images to predict: set --data.path (or --data.predict_split) and call setup('predict') first."
+                )
             return AnomalyDataset(self.predict_samples, self.geometry, cache=self.cache)
         splits = self._require_splits()
         if split == "train":
@@ -328,7 +359,11 @@ class AnomalyDataModule(L.LightningDataModule):
                 f"({self.n_folds} folds), seed {self.seed}"
             )
         else:
-            held_out = f"{self.val_split:.0%} of train/good held out"
+            held_out = (
+                f"{OWN_VALIDATION[self.source]} (the dataset's own; train/good whole)"
+                if self.source in OWN_VALIDATION
+                else f"{self.val_split:.0%} of train/good held out"
+            )
             if self.protocol == "synthetic":
                 text = (
                     f"synthetic: {held_out}, {self.synthetic_share:.0%} of it with synthetic "

@@ -34,12 +34,17 @@ class Sample:
 
 @dataclass(frozen=True)
 class CategoryLayout:
-    """The scanned train and test samples of one category."""
+    """The scanned train and test samples of one category, and its own validation samples if it has any.
+
+    `val` is None for layouts without a validation split (the DataModule holds out a share of train);
+    a dataset that ships one (MVTec AD 2's validation/good) gives it here and train stays whole.
+    """
 
     root: Path
     category: str
     train: list[Sample]
     test: list[Sample]
+    val: list[Sample] | None = None
 
     @property
     def defect_types(self) -> list[str]:
