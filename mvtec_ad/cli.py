@@ -9,6 +9,7 @@
     python -m mvtec_ad benchmark --configs A.yaml B.yaml --data.root R --categories all --out results.csv
     python -m mvtec_ad stats --data.root R --out stats/
     python -m mvtec_ad export --config ... --ckpt_path ... --format onnx
+    python -m mvtec_ad submit --config ... --ckpt_path ... --data.root R --data.category can --out submission/
 
 One YAML config serves every LightningCLI verb; it is parsed in omegaconf mode, so `${...}`
 interpolation works. The verbs live in mvtec_ad.commands.

@@ -15,6 +15,7 @@ COMMANDS = {
     "benchmark": "train + test every config on every category; results.csv and results.md (resumable)",
     "stats": "dataset exploration: counts, sizes, anomaly areas, brightness; CSV, markdown and plots",
     "export": "export a checkpoint's detector to ONNX (scores and maps, preprocessing included)",
+    "submit": "MVTec AD 2 submission of a checkpoint: float16 TIFF maps and 0/255 PNG masks per image",
 }
 
 
