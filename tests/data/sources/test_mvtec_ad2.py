@@ -6,12 +6,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from lightning.pytorch.cli import instantiate_class
 
 from mvtec_ad.data.datamodule import AnomalyDataModule
+from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.sources.mvtec_ad2 import TEST_SPLITS, scan_mvtec_ad2, split_samples
 from mvtec_ad.errors import ConfigError, DataError
 from tests.data.sources.mvtec_ad2_tree import AD2_COUNTS, make_ad2_category
-from tests.helpers import datamodule
+from tests.helpers import SIZE, datamodule
 
 
 @pytest.fixture
@@ -129,3 +132,13 @@ def test_unknown_category_lists_those_present(ad2_root):
     make_ad2_category(ad2_root, "can", {"train": 1, "validation": 1, "good": 1, "bad": 0})
     with pytest.raises(DataError, match="Categories there: can, fabric"):
         scan_mvtec_ad2(ad2_root, "vial")
+
+
+def test_example_config_reads_an_ad2_tree(tmp_path):
+    root = make_ad2_category(tmp_path / "mvtec_ad_2", "can")
+    data = yaml.safe_load(Path("configs/data/mvtec_ad2.yaml").read_text())["data"]
+    dm = instantiate_class((), {**data, "init_args": {**data["init_args"], "root": root}})
+    dm.bind_input(InputGeometry.of(SIZE))
+    dm.setup()
+    assert isinstance(dm, AnomalyDataModule) and dm.source == "mvtec_ad2" and dm.category == "can"
+    assert (len(dm.train_set), len(dm.val_set)) == (AD2_COUNTS["train"], AD2_COUNTS["validation"])
