@@ -59,7 +59,7 @@ def takes_content(module: AnomalyModule) -> bool:
 
 def export_metadata(module: AnomalyModule) -> dict[str, str]:
     """What a deployment needs besides the graph: how to feed it and how to label its scores."""
-    threshold = float(module.threshold)
+    threshold, pixel_threshold = float(module.threshold), float(module.pixel_threshold)
     height, width = module.geometry.size
     geometry = module.model.describe_geometry()
     inputs = f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]"
@@ -72,8 +72,12 @@ def export_metadata(module: AnomalyModule) -> dict[str, str]:
         "detector": module.detector_name,
         **{key: str(value) for key, value in geometry.items()},
         "threshold": repr(threshold) if math.isfinite(threshold) else "",
+        "pixel_threshold": repr(pixel_threshold) if math.isfinite(pixel_threshold) else "",
         "input": inputs,
-        "outputs": "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W]",
+        "outputs": (
+            "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W] "
+            "(predicted mask = map >= pixel_threshold)"
+        ),
     }
 
 

@@ -1,9 +1,11 @@
 """The one evaluation of every detector, as a Lightning callback that every AnomalyModule brings.
 
-validation  collects the image scores validation_step returns; at the epoch's end fits the
-            operating threshold (on what the module's `threshold_basis` says, validation
-            scores by default; never on test data) into the module's `threshold` buffer,
-            before the checkpoint callbacks save it
+validation  collects the image scores validation_step returns (and, where it returns an
+            AnomalyOutput, each normal image's map peak and a sample of its pixels); at the
+            epoch's end fits the operating thresholds (image: on what the module's
+            `threshold_basis` says, validation scores by default; pixel: on the normal validation
+            maps; never on test data) into the module's `threshold` and `pixel_threshold`
+            buffers, before the checkpoint callbacks save them
 test        feeds test_step's AnomalyOutput to AnomalyMetrics (on the module's device) and to
             the overlay selection; at the end computes every metric once, logs them, and
             rank 0 writes metrics.json, the charts and the overlays (mvtec_ad.report); every test
@@ -27,7 +29,8 @@ from mvtec_ad.data.dataset import Batch, unique_by_index
 from mvtec_ad.evaluation.metrics import AnomalyMetrics
 from mvtec_ad.evaluation.results import test_record
 from mvtec_ad.evaluation.selection import OverlaySelection
-from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_pixel_threshold, fit_threshold, pixel_sample
+from mvtec_ad.models.components.detector import AnomalyOutput
 from mvtec_ad.report.gallery import Gallery
 from mvtec_ad.report.run_report import write_test_report
 
@@ -57,6 +60,18 @@ def pixel_inputs(
     return out_maps, out_masks, "original" if batch.full_mask is not None else "input"
 
 
+def map_summary(maps: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's map peak [B] and pixel sample [B, PIXEL_SAMPLE] (thresholds.pixel_sample), padding left out."""
+    peaks, samples = [], []
+    for i, amap in enumerate(maps):
+        if batch.content is not None:
+            h, w = batch.content[i].tolist()
+            amap = amap[..., :h, :w]
+        peaks.append(amap.max())
+        samples.append(pixel_sample(amap))
+    return torch.stack(peaks).float(), torch.stack(samples)
+
+
 def data_of(trainer: L.Trainer) -> AnomalyData | None:
     """The trainer's DataModule when it keeps the data contract; None for plain dataloaders."""
     datamodule = trainer.datamodule
@@ -70,10 +85,12 @@ class Evaluator(Callback):
     """
 
     def __init__(self, threshold_config: ThresholdConfig | None = None, num_overlays: int = 6) -> None:
+        """`threshold_config`: how both thresholds are fitted; `num_overlays`: see AnomalyModule."""
         self.threshold_config = threshold_config or ThresholdConfig()
         self.num_overlays = num_overlays
         self.results: dict | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._val_maps: list[tuple[torch.Tensor, torch.Tensor]] = []  # per image: map peak, pixel sample
         self._metrics: AnomalyMetrics | None = None
         self._selection: OverlaySelection | None = None
         self._gallery: Gallery | None = None
@@ -81,13 +98,39 @@ class Evaluator(Callback):
 
     # ---- validation: the operating threshold -------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._val = []
+        self._val, self._val_maps = [], []
 
     def on_validation_batch_end(
-        self, trainer, pl_module, outputs: torch.Tensor | None, batch: Batch, batch_idx: int, dataloader_idx=0
+        self,
+        trainer,
+        pl_module,
+        outputs: torch.Tensor | AnomalyOutput | None,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx=0,
     ) -> None:
-        if outputs is not None:  # fit-once detectors have nothing to score before they are fitted
-            self._val.append((outputs.detach().flatten(), batch.label.detach(), batch.index))
+        if outputs is None:  # fit-once detectors have nothing to score before they are fitted
+            return
+        scores = outputs.score if isinstance(outputs, AnomalyOutput) else outputs
+        self._val.append((scores.detach().flatten(), batch.label.detach(), batch.index))
+        wanted = self.threshold_config.pixel_method != "none" and pl_module.produces_maps
+        if isinstance(outputs, AnomalyOutput) and wanted:
+            self._val_maps.append(map_summary(outputs.map, batch))
+
+    def pixel_basis(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Map peaks [N] and pixel samples [N, S] of the normal validation images of every process."""
+        if not self._val_maps or len(self._val_maps) != len(self._val):
+            return None
+        peaks, samples = (torch.cat(part) for part in zip(*self._val_maps, strict=True))
+        labels = torch.cat([labels for _, labels, _ in self._val])
+        index = [i for _, _, i in self._val]
+        peaks, samples, labels = (pl_module.all_gather(t) for t in (peaks, samples, labels))
+        peaks, labels, samples = peaks.flatten(), labels.flatten(), samples.reshape(-1, samples.shape[-1])
+        if all(i is not None for i in index):
+            index = pl_module.all_gather(torch.cat(index)).flatten()
+            peaks, samples, labels = unique_by_index(index, peaks, samples, labels)
+        normal = labels == 0
+        return peaks[normal], samples[normal]
 
     def validation_scores(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This epoch's validation scores and labels from every process, DDP padding repeats dropped."""
@@ -103,7 +146,10 @@ class Evaluator(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         fitted_on = pl_module.threshold_basis(self.validation_scores(pl_module))
-        self._val = []
+        pixels = self.pixel_basis(pl_module)
+        self._val, self._val_maps = [], []
+        if pixels is not None:
+            pl_module.pixel_threshold.fill_(fit_pixel_threshold(*pixels, self.threshold_config))
         if fitted_on is None:
             return
         value = fit_threshold(*fitted_on, self.threshold_config)
@@ -145,7 +191,9 @@ class Evaluator(Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         threshold = float(pl_module.threshold) if pl_module.has_threshold() else None
-        metrics = self._metrics.compute(threshold)
+        pixel_threshold = float(pl_module.pixel_threshold) if pl_module.has_pixel_threshold() else None
+        metrics = self._metrics.compute(threshold, pixel_threshold)
+        metrics["threshold_method"] = self.threshold_config.describe()
         metrics["pixel_resolution"] = self._resolution if metrics["pixel_auroc"] is not None else None
         metrics["notes"] = self._metrics.notes
         data = data_of(trainer)
@@ -161,7 +209,7 @@ class Evaluator(Callback):
         pl_module.log_dict(loggable, sync_dist=False)
         # Trainer.log_dir is a broadcast: every process must ask, not only rank 0
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        cards = self._gallery.finish(trainer, threshold)  # every process draws its own images
+        cards = self._gallery.finish(trainer, threshold, pixel_threshold)  # each process draws its own
         if trainer.is_global_zero:
             tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
             writer = tensorboard.experiment if tensorboard is not None else None

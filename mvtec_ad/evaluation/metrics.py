@@ -156,6 +156,7 @@ class PixelCurves:
     auroc: float
     aupro: float
     fpr_limit: float
+    f1_max: float  # the best pixel F1 over all thresholds: an oracle, fitted on the test masks
     roc: tuple[torch.Tensor, torch.Tensor]  # false- and true-positive rates over all pixels
     pro: tuple[torch.Tensor, torch.Tensor]  # false-positive rate and mean region overlap, FPR <= fpr_limit
 
@@ -192,6 +193,7 @@ def pixel_curves(
     overlap = torch.cumsum(weight[sorted_regions[defective]], 0)
     pro = torch.cat([overlap.new_zeros(1), overlap])[tp].clamp(max=1.0)
     aupro = float(trapezoid_to(fpr, pro, fpr_limit) / fpr_limit)
+    f1 = float((2 * tp.to(dtype) / (seen.to(dtype) + n_defective)).max())  # 2 TP / (TP + FP + TP + FN)
 
     def thin(*curve: torch.Tensor) -> tuple[torch.Tensor, ...]:
         keep = torch.linspace(0, len(curve[0]) - 1, min(points, len(curve[0])), device=curve[0].device)
@@ -200,7 +202,22 @@ def pixel_curves(
 
     within = int(torch.searchsorted(fpr, torch.tensor(fpr_limit, dtype=dtype, device=fpr.device), right=True))
     pro_curve = thin(fpr[: max(within, 1)], pro[: max(within, 1)])
-    return PixelCurves(auroc, aupro, fpr_limit, thin(fpr, tpr), pro_curve)
+    return PixelCurves(auroc, aupro, fpr_limit, f1, thin(fpr, tpr), pro_curve)
+
+
+def pixel_confusion(scores: torch.Tensor, regions: torch.Tensor, threshold: float) -> dict[str, float | None]:
+    """Pixel precision, recall and F1 (MVTec AD 2's SegF1) of flat `scores` >= threshold, pooled over
+    every test pixel; `regions` >= 0 marks the defective pixels (as pixel_curves takes them)."""
+    predicted = scores >= threshold
+    defective = regions >= 0
+    tp = int((predicted & defective).sum())
+    fp = int(predicted.sum()) - tp
+    fn = int(defective.sum()) - tp
+    return {
+        "pixel_precision": tp / (tp + fp) if tp + fp else None,
+        "pixel_recall": tp / (tp + fn) if tp + fn else None,
+        "seg_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+    }
 
 
 def sort_descending_with(scores: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,7 +408,11 @@ class AnomalyMetrics(Metric):
         self.notes.append(text)
         rank_zero_warn(text)
 
-    def compute(self, threshold: float | None = None) -> dict[str, float | int | None]:
+    def compute(
+        self, threshold: float | None = None, pixel_threshold: float | None = None
+    ) -> dict[str, float | int | None]:
+        """Every metric; those at the operating thresholds (image `threshold`, map `pixel_threshold`)
+        are null where the threshold is None or NaN."""
         self.notes, self.pixel_curves = [], None
         scores = dim_zero_cat(self.scores)
         labels = dim_zero_cat(self.labels).bool()
@@ -415,6 +436,12 @@ class AnomalyMetrics(Metric):
             "pixel_aupro": None,
             "image_f1_max": f1,
             "image_f1_max_threshold": f1_threshold,
+            "aupro_fpr_limit": self.fpr_limit if self.pixel else None,
+            "pixel_f1_max": None,
+            "pixel_threshold": None,
+            "pixel_precision": None,
+            "pixel_recall": None,
+            "seg_f1": None,
         }
         pixels = self.pooled_pixels()
         if pixels is not None:
@@ -437,8 +464,14 @@ class AnomalyMetrics(Metric):
                     self.pixel_curves.auroc,
                     self.pixel_curves.aupro,
                 )
+                result["pixel_f1_max"] = self.pixel_curves.f1_max
+            if pixel_threshold is not None and math.isfinite(pixel_threshold):
+                result["pixel_threshold"] = pixel_threshold
+                result.update(pixel_confusion(maps, regions, pixel_threshold))
         result["threshold"] = threshold if valid else None
         at = self.curves.confusion or {}
         for key in ("precision", "recall", "specificity", "balanced_accuracy", "f1", "error_rate"):
             result[key] = at.get(key)
+        specificity = at.get("specificity")
+        result["false_alarm_rate"] = None if specificity is None else 1.0 - specificity  # normals flagged
         return result

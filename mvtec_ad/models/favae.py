@@ -312,11 +312,11 @@ class FAVAE(GradientModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput:
         _, p = self._step(batch, "val")
-        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
-            return self.detect_batch(batch).score
-        return self.model.head.image_score(self.model.raw_map(p))
+        if not self.model.plain:  # padding or tiles: the whole image, as in test
+            return self.detect_batch(batch)
+        return self.model.head(self.model.raw_map(p), batch.image.shape[-2:])
 
     def on_train_epoch_end(self) -> None:
         every = self.log_images_every_n_epochs

@@ -170,11 +170,11 @@ class PixelAE(GradientModule):
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput:
         images = self.model.network_input(self.model.pre_processor(batch.image))
         reconstruction = self.model.reconstruct(images)
         loss = self.model.loss(images, reconstruction)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
-            return self.detect_batch(batch).score
-        return self.model.head.image_score(self.model.error_map(images, reconstruction))
+        if not self.model.plain:  # padding or tiles: the whole image, as in test
+            return self.detect_batch(batch)
+        return self.model.anomaly_output(self.model.error_map(images, reconstruction), images.shape[-2:])

@@ -146,7 +146,7 @@ def write_json(path: str | Path, data: object) -> Path:
 
 
 def save_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """An RGB uint8 picture as PNG."""
+    """An RGB (or single-channel, e.g. a 0/255 mask) uint8 picture as PNG."""
     return save_picture(path, rgb, ".png")
 
 
@@ -156,7 +156,10 @@ def save_jpeg(path: str | Path, rgb: np.ndarray, quality: int = 85) -> Path:
 
 
 def save_picture(path: str | Path, rgb: np.ndarray, ext: str, params: list[int] | None = None) -> Path:
-    ok, encoded = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params or [])
+    """An RGB (H, W, 3) or single-channel (H, W) uint8 picture, encoded by OpenCV, written atomically."""
+    pixels = np.ascontiguousarray(rgb)
+    pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
+    ok, encoded = cv2.imencode(ext, pixels, params or [])
     if not ok:
         raise ValueError(f"Could not encode a {rgb.shape} picture as {ext} for '{path}'.")
     return write_atomically(path, lambda f: f.write(encoded.tobytes()), durable=False)

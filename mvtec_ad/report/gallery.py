@@ -10,7 +10,7 @@ once into the report folder:
                                  longest side THUMB_SIDE: what the page's grid loads
     full/<name>.png              the image as the model saw it (lossless)
     full/<name>_heatmap.jpg      the image with its heatmap blended over it
-    full/<name>_predicted.jpg    the pixels the operating threshold calls anomalous (predicted_mask)
+    full/<name>_predicted.jpg    the pixels the pixel threshold calls anomalous (predicted_mask)
     full/<name>_truth.jpg        the ground-truth mask (test runs only)
 
 The three overlays are JPEG (quality FULL_QUALITY): a quarter of the PNGs' bytes at 224 px, so a
@@ -174,12 +174,21 @@ class Gallery:
             cards = [Card(**c) for part in parts for c in part]
         return sorted({c.index: c for c in cards}.values(), key=lambda c: c.index)
 
-    def finish(self, trainer: L.Trainer | None, threshold: float | None, on_picture=None) -> list[Card]:
+    def finish(
+        self,
+        trainer: L.Trainer | None,
+        threshold: float | None,
+        pixel_threshold: float | None = None,
+        on_picture=None,
+    ) -> list[Card]:
         """Draw this process's staged images into the report folder; every card of the run, named.
 
-        Every process must call it (it gathers under DDP). `on_picture(card, image, heatmap, overlay)`,
-        when given, also receives each drawn image, its coloured map and the image with the map
-        blended over it (RGB uint8; heatmap and overlay None without a map).
+        `threshold` (image scores) gives each card its verdict; `pixel_threshold` (maps) the
+        predicted-mask pictures, none without it.
+        Every process must call it (it gathers under DDP). `on_picture(card, image, heatmap, overlay,
+        predicted)`, when given, also receives each drawn image, its coloured map, the image with the
+        map blended over it (RGB uint8; heatmap and overlay None without a map) and the predicted
+        mask (bool; None without a map or a pixel threshold).
         """
         cards = self.gathered_cards(trainer)
         for card, name in zip(cards, output_stems([Path(c.path) for c in cards]), strict=True):
@@ -190,11 +199,11 @@ class Gallery:
         own = [c for c in cards if c.index in self._staged]
         start = time.perf_counter()
 
-        def load_and_draw(card: Card) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        def load_and_draw(card: Card) -> tuple[np.ndarray | None, ...]:
             with np.load(self._staged[card.index], allow_pickle=False) as staged:
                 arrays = {key: staged[key] for key in staged.files}
-            heatmap, overlay = self.draw(card, arrays, threshold, vmin, vmax)
-            return (arrays["image"], heatmap, overlay) if on_picture is not None else (None, None, None)
+            drawn = self.draw(card, arrays, pixel_threshold, vmin, vmax)
+            return (arrays["image"], *drawn) if on_picture is not None else (None, None, None, None)
 
         # OpenCV encodes and torch colours with the GIL released: the cores the test used draw in
         # parallel; in chunks, so that only a chunk's pictures wait in memory for on_picture
@@ -210,42 +219,50 @@ class Gallery:
                 pass
         rank_zero_info(f"Report pictures: {len(own)} images drawn in {time.perf_counter() - start:.1f} s.")
         for card in cards:  # every process names the same files; only their images' were drawn here
-            card.files = self.file_names(card, threshold)
+            card.files = self.file_names(card, pixel_threshold)
         self.close()
         return cards
 
-    def file_names(self, card: Card, threshold: float | None) -> dict[str, str]:
+    def file_names(self, card: Card, pixel_threshold: float | None) -> dict[str, str]:
         files = {"thumb": f"thumbs/{card.name}.jpg", "image": f"full/{card.name}.png"}
         if card.map_range is not None:
             files["heatmap"] = f"full/{card.name}_heatmap.jpg"
-            if threshold is not None:
+            if pixel_threshold is not None:
                 files["predicted"] = f"full/{card.name}_predicted.jpg"
         if card.truth is not None:
             files["truth"] = f"full/{card.name}_truth.jpg"
         return files
 
     def draw(
-        self, card: Card, arrays: dict[str, np.ndarray], threshold: float | None, vmin: float, vmax: float
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Write one image's files (see the module docstring); its heatmap and overlay (None without a map)."""
-        files = self.file_names(card, threshold)
+        self,
+        card: Card,
+        arrays: dict[str, np.ndarray],
+        pixel_threshold: float | None,
+        vmin: float,
+        vmax: float,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Write one image's files (see the module docstring); its heatmap, overlay and predicted mask.
+
+        Each is None without a map; the mask also without a pixel threshold.
+        """
+        files = self.file_names(card, pixel_threshold)
         image = arrays["image"]
         save_png(self.report_dir / files["image"], image)
-        heatmap = overlay = None
+        heatmap = overlay = predicted = None
         if "map" in arrays:
             amap = torch.from_numpy(arrays["map"].astype(np.float32))
             heatmap = colorize(amap, vmin, vmax)
             overlay = blend(image, heatmap)
             save_jpeg(self.report_dir / files["heatmap"], overlay, FULL_QUALITY)
             if "predicted" in files:
-                predicted = predicted_mask(amap, card.score, threshold)
-                marked = tint(image, predicted.numpy().astype(np.uint8), PREDICTED_COLOUR)
+                predicted = predicted_mask(amap, pixel_threshold).numpy()
+                marked = tint(image, predicted.astype(np.uint8), PREDICTED_COLOUR)
                 save_jpeg(self.report_dir / files["predicted"], marked, FULL_QUALITY)
         if "truth" in files:
             mask = arrays.get("mask", np.zeros(image.shape[:2], np.uint8))
             save_jpeg(self.report_dir / files["truth"], tint(image, mask, GROUND_TRUTH_COLOUR), FULL_QUALITY)
         save_jpeg(self.report_dir / files["thumb"], thumbnail(overlay if overlay is not None else image))
-        return heatmap, overlay
+        return heatmap, overlay, predicted
 
     def close(self) -> None:
         """Remove the staging folder (also when a run stops early)."""

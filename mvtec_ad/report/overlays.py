@@ -35,18 +35,15 @@ def blend(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(rgb, 0.5, heatmap, 0.5, 0)
 
 
-def predicted_mask(amap: torch.Tensor, score: float, threshold: float) -> torch.Tensor | None:
-    """Pixels the threshold calls anomalous: the map, shifted so its peak is the image score, >= threshold.
+def predicted_mask(amap: torch.Tensor, pixel_threshold: float | None) -> torch.Tensor | None:
+    """Pixels the model's pixel threshold calls anomalous (map >= it); None without one.
 
-    The threshold is fitted on image scores, and a score is often not the map's max (top-k or mean
-    of the raw map, knn's pooled distance, blur lowering peaks), so `map >= threshold` can mark all
-    or nothing. Anchoring the peak to the score keeps mask and verdict consistent: a passed image
-    has an empty mask, a flagged one its peak region, wider the further its score exceeds the
-    threshold; exactly `map >= threshold` when the score is the map's max. None without a threshold.
+    The pixel threshold is fitted on the maps of normal validation images (evaluation.thresholds),
+    apart from the image threshold: the masks mean the same on every image, flagged or passed.
     """
-    if not (math.isfinite(threshold) and math.isfinite(score)):
+    if pixel_threshold is None or not math.isfinite(pixel_threshold):
         return None
-    return amap >= amap.max() - (score - threshold)
+    return amap >= pixel_threshold
 
 
 def tint(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -86,8 +83,7 @@ def overlay_panels(
     image: torch.Tensor,
     amap: torch.Tensor | None,
     mask: torch.Tensor,
-    score: float,
-    threshold: float,
+    pixel_threshold: float | None,
     vmin: float,
     vmax: float,
     caption: list[str],
@@ -110,12 +106,12 @@ def overlay_panels(
         panels, names = [shown, ground_truth], ["image", "ground truth"]
     else:
         heatmap = blend(shown, enlarge(colorize(amap, vmin, vmax)))
-        predicted = predicted_mask(amap, score, threshold)
+        predicted = predicted_mask(amap, pixel_threshold)
         if predicted is None:
-            predicted_panel, predicted_name = note_panel("no threshold", *shown.shape[:2]), "predicted"
+            predicted_panel, predicted_name = note_panel("no pixel threshold", *shown.shape[:2]), "predicted"
         else:
             predicted_panel = tint(shown, enlarge(predicted.numpy().astype(np.uint8)), PREDICTED_COLOUR)
-            predicted_name = f"predicted (t = {threshold:.4g})"
+            predicted_name = f"predicted (pixel t = {pixel_threshold:.4g})"
         panels = [shown, heatmap, predicted_panel, ground_truth]
         names = ["image", "heatmap", predicted_name, "ground truth"]
     row = np.concatenate(

@@ -5,10 +5,13 @@
 writes, in the run's log dir (lightning_logs/version_N):
     predictions.csv, predictions.json   one row per image: path, score, label (1 = anomalous,
                                         score >= threshold; null without a threshold), threshold,
-                                        and the two PNGs' file names
+                                        pixel_threshold, anomalous_share (the share of the image's
+                                        pixels at or above it) and the PNGs' file names
     predictions/<stem>_heatmap.png      the anomaly map in JET colours (blue = the run's lowest map
                                         value, red = its highest)
     predictions/<stem>_overlay.png      the image with that heatmap blended over it
+    predictions/<stem>_mask.png         the predicted mask, 255 where map >= pixel threshold, else 0
+                                        (only with a pixel threshold)
     report/index.html                   every image's card (score, verdict), sortable, filterable,
                                         with thumbnails and full-size panels (report.page)
     plots/predict_histogram.png         the scores, with the threshold
@@ -28,6 +31,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -38,7 +42,17 @@ from mvtec_ad.report.gallery import Card, Gallery
 from mvtec_ad.report.page import write_run_page
 from mvtec_ad.report.run_report import run_rows
 
-COLUMNS = ("path", "score", "label", "threshold", "heatmap", "overlay")
+COLUMNS = (
+    "path",
+    "score",
+    "label",
+    "threshold",
+    "pixel_threshold",
+    "anomalous_share",
+    "heatmap",
+    "overlay",
+    "mask",
+)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -80,15 +94,19 @@ class PredictionWriter(BasePredictionWriter):
         )
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        threshold = float(pl_module.threshold)
-        threshold = threshold if math.isfinite(threshold) else None
+        threshold = float(pl_module.threshold) if pl_module.has_threshold() else None
+        pixel_threshold = float(pl_module.pixel_threshold) if pl_module.has_pixel_threshold() else None
         folder = Path(trainer.log_dir or trainer.default_root_dir)
+        shares: dict[str, float] = {}
 
-        def also_in_predictions(card: Card, image, heatmap, overlay) -> None:  # the gallery's own pictures
+        def also_in_predictions(card: Card, image, heatmap, overlay, predicted) -> None:  # the gallery's own
             save_png(folder / f"predictions/{card.name}_heatmap.png", heatmap)
             save_png(folder / f"predictions/{card.name}_overlay.png", overlay)
+            if predicted is not None:
+                save_png(folder / f"predictions/{card.name}_mask.png", predicted.astype(np.uint8) * 255)
+                shares[card.name] = float(predicted.mean())
 
-        cards = self._gallery.finish(trainer, threshold, on_picture=also_in_predictions)
+        cards = self._gallery.finish(trainer, threshold, pixel_threshold, on_picture=also_in_predictions)
         self._gallery = None
         if not cards or not trainer.is_global_zero:
             return
@@ -98,8 +116,11 @@ class PredictionWriter(BasePredictionWriter):
                 "score": card.score,
                 "label": card.verdict(threshold),
                 "threshold": threshold,
+                "pixel_threshold": pixel_threshold,
+                "anomalous_share": shares.get(card.name),
                 "heatmap": f"predictions/{card.name}_heatmap.png",
                 "overlay": f"predictions/{card.name}_overlay.png",
+                "mask": f"predictions/{card.name}_mask.png" if card.name in shares else None,
             }
             for card in cards
         ]

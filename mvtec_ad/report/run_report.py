@@ -79,11 +79,12 @@ def write_test_report(
     write("plots/histogram.png", "test/histogram", score_histogram(curves))
     write("plots/confusion.png", "test/confusion", confusion_figure(curves))
     threshold = curves.threshold
+    pixel_threshold = results.get("pixel_threshold")
     vmin, vmax = selection.map_range()
     for group, chosen in selection.selected().items():
         for rank, c in enumerate(chosen):
             caption = c.caption(group, rank, threshold)
-            panel = overlay_panels(c.image, c.map, c.mask, c.score, threshold, vmin, vmax, caption)
+            panel = overlay_panels(c.image, c.map, c.mask, pixel_threshold, vmin, vmax, caption)
             write(f"overlays/{c.file_name(group, rank)}", f"test_overlays/{group}_{rank:02d}", panel)
     known = results.get("threshold")
     charts = [(name, f"../{path}") for name, path in CHARTS]

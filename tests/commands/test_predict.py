@@ -136,6 +136,18 @@ def test_scores_labels_and_heatmaps_of_a_folder_of_mixed_images(
             assert picture is not None and picture.shape == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3), row[key]
     assert rows[0]["heatmap"] == "predictions/a_copy_heatmap.png"
 
+    # the mask: 255 where the map reaches the checkpoint's pixel threshold, its share in the table
+    pixel_threshold = float(torch.load(knn_checkpoint, weights_only=True)["state_dict"]["pixel_threshold"])
+    assert math.isfinite(pixel_threshold)
+    with torch.no_grad():
+        amap = model(test_data.test_set[index]["image"][None]).map[0, 0]
+    mask = cv2.imread(str(tmp_path / rows[0]["mask"]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (TEST_IMAGE_SIZE, TEST_IMAGE_SIZE) and set(np.unique(mask)) <= {0, 255}
+    expected = (amap >= pixel_threshold).numpy()
+    assert (mask.astype(bool) != expected).mean() < 0.01  # float rounding at the boundary only
+    assert rows[0]["pixel_threshold"] == pytest.approx(pixel_threshold, rel=1e-7)
+    assert rows[0]["anomalous_share"] == pytest.approx(float(expected.mean()), abs=0.01)
+
 
 def test_a_glob_over_folders_and_a_single_file(knn_checkpoint, new_images, tiny_root, tmp_path):
     pattern = str(tiny_root / "washer" / "test" / "*" / "000.png")
@@ -157,14 +169,19 @@ def test_a_glob_over_folders_and_a_single_file(knn_checkpoint, new_images, tiny_
 
 def test_without_a_threshold_labels_are_null(knn_checkpoint, new_images, tmp_path):
     checkpoint = torch.load(knn_checkpoint, weights_only=True)
-    checkpoint["state_dict"]["threshold"] = torch.tensor(float("nan"))  # as when no validation data was seen
+    for name in ("threshold", "pixel_threshold"):  # as when no validation data was seen
+        checkpoint["state_dict"][name] = torch.tensor(float("nan"))
     torch.save(checkpoint, tmp_path / "no_threshold.ckpt")
     (row,) = predict(
         tmp_path / "no_threshold.ckpt", new_images / "a_copy.png", tmp_path / "run", in_process=True
     )
     assert row["label"] is None and row["threshold"] is None and math.isfinite(row["score"])
+    assert row["pixel_threshold"] is None and row["anomalous_share"] is None and row["mask"] is None
     line = (tmp_path / "run" / "predictions.csv").read_text().splitlines()[1]
-    assert line.startswith(f"{new_images / 'a_copy.png'},{row['score']},,,predictions/a_copy_heatmap.png")
+    assert line == (
+        f"{new_images / 'a_copy.png'},{row['score']},,,,,predictions/a_copy_heatmap.png,predictions/a_copy_overlay.png,"
+    )
+    assert not (tmp_path / "run" / "predictions" / "a_copy_mask.png").exists()
 
 
 def test_a_missing_path_or_checkpoint_exits_2_naming_it(knn_checkpoint, tmp_path, capsys):

@@ -122,6 +122,45 @@ def test_anomaly_metrics_accumulates_batches():
     assert out["recall"] == pytest.approx(float(((scores >= 1.0) & (labels == 1)).sum() / labels.sum()))
 
 
+def reference_seg_f1(maps: np.ndarray, masks: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """SegF1 as MVTec AD 2 defines it: one F1 of (map >= threshold) against the masks, pooled over all pixels."""
+    predicted, truth = maps >= threshold, masks > 0
+    tp = np.sum(predicted & truth)
+    fp = np.sum(predicted & ~truth)
+    fn = np.sum(~predicted & truth)
+    return tp / (tp + fp), tp / (tp + fn), 2 * tp / (2 * tp + fp + fn)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_seg_f1_pixel_f1_max_and_false_alarm_rate_equal_numpy(seed):
+    maps, masks = random_maps_and_masks(seed)
+    labels = masks.reshape(len(masks), -1).max(1)
+    scores = maps.reshape(len(maps), -1).max(1)
+    metric = AnomalyMetrics(fpr_limit=0.05)
+    metric.update(torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(maps[:, None]),
+                  torch.from_numpy(masks[:, None]).float())  # fmt: skip
+    out = metric.compute(threshold=2.0, pixel_threshold=1.2)
+    precision, recall, f1 = reference_seg_f1(maps, masks, 1.2)
+    assert out["pixel_threshold"] == 1.2 and out["aupro_fpr_limit"] == 0.05
+    assert out["pixel_precision"] == pytest.approx(precision) and out["pixel_recall"] == pytest.approx(recall)
+    assert out["seg_f1"] == pytest.approx(f1)
+    best = max(reference_seg_f1(maps, masks, t)[2] for t in np.unique(maps))  # the oracle: every threshold
+    assert out["pixel_f1_max"] == pytest.approx(best) and out["pixel_f1_max"] >= out["seg_f1"]
+    assert out["pixel_aupro"] == pytest.approx(reference_aupro(maps, masks, 0.05), abs=1e-3)
+    normal = labels == 0
+    assert out["false_alarm_rate"] == pytest.approx(float((scores[normal] >= 2.0).mean()))
+    # without a pixel threshold: SegF1 and its parts are null, the oracle is still there
+    metric.reset()
+    metric.update(torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(maps[:, None]),
+                  torch.from_numpy(masks[:, None]).float())  # fmt: skip
+    none = metric.compute(threshold=2.0, pixel_threshold=float("nan"))
+    assert (
+        none["seg_f1"] is None
+        and none["pixel_threshold"] is None
+        and none["pixel_f1_max"] == pytest.approx(best)
+    )
+
+
 def test_anomaly_metrics_without_threshold_or_masks_reports_none():
     metric = AnomalyMetrics(pixel=False)
     metric.update(torch.tensor([0.1, 0.9]), torch.tensor([0, 1]))

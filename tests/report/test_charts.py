@@ -78,16 +78,14 @@ def test_confusion_without_threshold_is_a_note_not_a_matrix():
     assert blue_cells(with_threshold) > 0.2 and blue_cells(without) == 0.0
 
 
-def test_predicted_mask_anchors_the_map_peak_at_the_image_score():
+def test_predicted_mask_is_the_map_at_or_above_the_pixel_threshold():
     amap = torch.tensor([[0.1, 0.5], [0.49, 0.9]])
-    # score = the map's max: plain map >= threshold
-    assert predicted_mask(amap, 0.9, 0.5).tolist() == [[False, True], [False, True]]
-    # a score in other units (knn's pooled distance): pixels within score - threshold = 0.5 of the peak
-    assert predicted_mask(amap, 2.0, 1.5).tolist() == [[False, True], [True, True]]
-    # passed as normal: nothing predicted, however high the map
-    assert not predicted_mask(amap, 0.4, 0.5).any()
-    assert predicted_mask(amap, 0.9, float("nan")) is None
-    assert predicted_mask(amap, 0.9, float("inf")) is None
+    assert predicted_mask(amap, 0.5).tolist() == [[False, True], [False, True]]
+    assert predicted_mask(amap, 0.45).tolist() == [[False, True], [True, True]]
+    assert not predicted_mask(amap, 1.0).any()  # nothing above it: an empty mask, whatever the image score
+    assert predicted_mask(amap, None) is None
+    assert predicted_mask(amap, float("nan")) is None
+    assert predicted_mask(amap, float("inf")) is None
 
 
 def overlay_inputs(size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,7 +100,7 @@ def overlay_inputs(size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def test_overlay_has_four_enlarged_panels_and_marks_predicted_pixels():
     image, amap, mask = overlay_inputs(64)
     caption = ["best_defect #0: crack/001.png", "score 1  flagged anomalous"]
-    panel = overlay_panels(image, amap, mask, 1.0, 0.5, 0.0, 1.0, caption)
+    panel = overlay_panels(image, amap, mask, 0.5, 0.0, 1.0, caption)
     zoom = -(-MIN_PANEL_SIZE // 64)  # 64 px images are shown at 3x
     assert panel.dtype == np.uint8 and panel.shape[1] == 4 * 64 * zoom and panel.shape[0] > 64 * zoom
     # the predicted panel (third) is redder inside the marked square than the image panel
@@ -110,17 +108,17 @@ def test_overlay_has_four_enlarged_panels_and_marks_predicted_pixels():
     image_red = panel[rows, 15 * zoom : 25 * zoom, 0].astype(int)
     predicted_red = panel[rows, 2 * 64 * zoom + 15 * zoom : 2 * 64 * zoom + 25 * zoom, 0].astype(int)
     assert (predicted_red - image_red).mean() > 40
-    # nothing predicted when the score is below the threshold: that panel shows the plain image
-    none = overlay_panels(image, amap, mask, 1.0, 2.0, 0.0, 1.0, caption)
+    # nothing predicted when the whole map is below the pixel threshold: that panel shows the plain image
+    none = overlay_panels(image, amap, mask, 2.0, 0.0, 1.0, caption)
     plain = none[rows, 2 * 64 * zoom + 15 * zoom : 2 * 64 * zoom + 25 * zoom, 0].astype(int)
     assert (plain == image_red).all()
 
 
 def test_overlay_without_threshold_shows_a_note_panel_and_image_only_has_two_panels():
     image, amap, mask = overlay_inputs(224)  # large enough: drawn at its own size
-    no_threshold = overlay_panels(image, amap, mask, 1.0, float("nan"), 0.0, 1.0, ["x"])
+    no_threshold = overlay_panels(image, amap, mask, None, 0.0, 1.0, ["x"])
     assert no_threshold.shape[1] == 4 * 224
     predicted = no_threshold[-224:, 2 * 224 : 3 * 224]
     assert (predicted[:20] == 200).all()  # the grey note panel, no image pixels
-    image_only = overlay_panels(image, None, mask, 1.0, 0.5, 0.0, 1.0, ["x"])
+    image_only = overlay_panels(image, None, mask, 0.5, 0.0, 1.0, ["x"])
     assert image_only.shape[1] == 2 * 224 and image_only.shape[0] == no_threshold.shape[0]

@@ -39,7 +39,7 @@ def test_every_image_is_drawn_once_on_one_colour_range_and_staging_is_removed(tm
     gallery.add(**batch([1.0, 5.0], [0.0, 2.0], [0, 1], paths[:2], labels=[0, 1]))
     # a DDP padding repeat of image 1 (same index) and a new image
     gallery.add(**batch([5.0, 3.0], [2.0, 4.0], [1, 2], [paths[1], paths[2]], labels=[1, 1]))
-    cards = gallery.finish(None, threshold=2.5)
+    cards = gallery.finish(None, threshold=2.5, pixel_threshold=1.0)
     assert [c.index for c in cards] == [0, 1, 2]
     assert [c.name for c in cards] == ["good_000", "crack_000", "001"]
     assert [c.outcome(2.5) for c in cards] == ["TN", "TP", "TP"]
@@ -54,11 +54,16 @@ def test_every_image_is_drawn_once_on_one_colour_range_and_staging_is_removed(tm
     grey = np.array([128, 128, 128])
     assert np.abs(low[10, 20].astype(int) - (grey + JET_LOW) // 2).max() <= 2
     assert np.abs(high[10, 20].astype(int) - (grey + JET_HIGH) // 2).max() <= 2
+    # the predicted mask is map >= the pixel threshold (1.0): tinted red on image 1 (map 2.0), not on image 0 (0.0)
+    marked = [
+        cv2.imread(str(tmp_path / "report" / c.files["predicted"]))[10, 20].astype(int) for c in cards[:2]
+    ]
+    assert marked[1][2] - marked[1][1] > 40 and abs(marked[0][2] - marked[0][1]) <= 4
     truth = cv2.imread(str(tmp_path / "report" / cards[1].files["truth"]))
     assert truth.shape == (20, 40, 3) and truth[2, 2, 1] > truth[15, 30, 1]  # the mask is tinted green
 
 
-def test_without_threshold_or_truth_there_is_no_predicted_or_truth_panel(tmp_path):
+def test_without_a_pixel_threshold_or_truth_there_is_no_predicted_or_truth_panel(tmp_path):
     gallery = Gallery(tmp_path / "report")
     gallery.add(**batch([1.0], [0.5], [0], ["a.png"]))
     (card,) = gallery.finish(None, threshold=None)

@@ -53,7 +53,7 @@ def odd_gallery(report_dir: Path, paths: list[str]) -> list[Card]:
         labels=torch.ones(n),
         masks=torch.zeros(n, 1, 16, 24),
     )
-    return gallery.finish(None, threshold=0.5)
+    return gallery.finish(None, threshold=0.5, pixel_threshold=0.5)
 
 
 def test_pictures_and_panels_of_odd_names_load_on_the_page(tmp_path, browser):

@@ -90,9 +90,9 @@ class AnomalyModule(L.LightningModule):
         """The model's output for a DataModule batch (on the canvas, its padding said by `content`)."""
         return self(batch.image, batch.content)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
-        """Image scores of a validation batch, which the Evaluator fits the threshold on."""
-        return self.detect_batch(batch).score
+    def validation_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput | None:
+        """Scores and maps of a validation batch, which the Evaluator fits the thresholds on."""
+        return self.detect_batch(batch)
 
     def test_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput:
         return self.detect_batch(batch)

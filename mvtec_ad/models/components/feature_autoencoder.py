@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mvtec_ad.data.dataset import Batch
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
-from mvtec_ad.models.components.detector import Detector
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 from mvtec_ad.models.components.feature_cache import FrozenFeatureCache
 from mvtec_ad.models.components.gradient_module import GradientModule
 
@@ -77,11 +77,11 @@ class FrozenFeatureAutoencoder(GradientModule):
         self.log("train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput:
         features = self.model.normalise(self.frozen_features(batch, self._cache_validation))
         reconstruction = self.model.reconstruct(features)
         loss = F.mse_loss(reconstruction, features)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        if not self.model.plain:  # padding or tiles: the score of the whole image, as in test
-            return self.detect_batch(batch).score
-        return self.model.head.image_score(self.model.error_map(features, reconstruction))
+        if not self.model.plain:  # padding or tiles: the whole image, as in test
+            return self.detect_batch(batch)
+        return self.model.head(self.model.error_map(features, reconstruction), batch.image.shape[-2:])

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from mvtec_ad.data.dataset import Batch, unique_by_index
 from mvtec_ad.evaluation.thresholds import ThresholdConfig
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
-from mvtec_ad.models.components.detector import Detector
+from mvtec_ad.models.components.detector import AnomalyOutput, Detector
 
 
 class FitOnceModule(AnomalyModule):
@@ -87,7 +87,7 @@ class FitOnceModule(AnomalyModule):
     def on_train_epoch_end(self) -> None:
         self._fit_once()  # when the epoch was cut short (limit_train_batches) before its last batch
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> AnomalyOutput | None:
         if self.trainer.sanity_checking:  # nothing is fitted before the training pass
             return None
         return super().validation_step(batch, batch_idx)
