@@ -297,9 +297,8 @@ def run_row(run: PlannedRun) -> Row:
         "command": run.command_in(folder),
     }
     if child.returncode != 0:
-        return row | {
-            "status": "failed: " + failure_reason(child.returncode, log_path.read_text(errors="replace"))
-        }
+        log = log_path.read_text(errors="replace") if log_path.is_file() else ""  # gone: removed mid-run
+        return row | {"status": "failed: " + failure_reason(child.returncode, log)}
     if not written:
         return row | {"status": f"failed: the run wrote no metrics.json (see {log_path})"}
     metrics_path = written[-1][1]

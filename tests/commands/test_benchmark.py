@@ -177,3 +177,21 @@ def test_a_second_benchmark_on_the_same_out_is_refused(tmp_path):
         ):
             run_benchmark([], csv_path)
     assert run_benchmark([], csv_path) == [] and not (tmp_path / "results.csv.lock").exists()
+
+
+def test_a_failed_run_whose_folder_was_removed_is_a_failed_row_not_a_crash(tmp_path, monkeypatch):
+    """Someone removed the run's folder (its train.log with it) while it ran: the row says failed."""
+    import shutil
+
+    from mvtec_ad.commands import benchmark
+
+    def vanished(cmd, log_path):
+        shutil.rmtree(log_path.parent)
+        return benchmark.ChildRun(returncode=1, seconds=0.5, peak_rss_mb=None)
+
+    monkeypatch.setattr(benchmark, "run_child", vanished)
+    run = benchmark.PlannedRun(
+        KNN, "washer", tmp_path / "runs", ("-m", "mvtec_ad", "train", benchmark.RUN_FOLDER)
+    )
+    row = benchmark.run_row(run)
+    assert row["status"] == "failed: no output (exit 1)" and row["category"] == "washer"
