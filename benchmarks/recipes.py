@@ -71,6 +71,12 @@ PATCHCORE: dict[str, tuple[str, ...]] = {
     "keep_aspect_320, window_max, + coarse bank": patchcore(
         "320", "window_max", coarse="[blocks.4, blocks.6]"
     ),
+    "keep_aspect_320, window_max, + coarse bank, coreset 0.03": patchcore(
+        "320", "window_max", "0.03", coarse="[blocks.4, blocks.6]"
+    ),
+    "keep_aspect_320, window_max, + coarse bank, coreset 0.02": patchcore(
+        "320", "window_max", "0.02", coarse="[blocks.4, blocks.6]"
+    ),
 }
 DFR: dict[str, tuple[str, ...]] = {
     "squash_224 (old default)": dfr("224", resize="squash"),

@@ -27,6 +27,7 @@ class DataDescription:
     protocol: str | None
     protocol_detail: str | None
     root: str | None
+    aupro_fpr_limit: float = 0.3  # where the AU-PRO integral stops (MVTec AD 0.3, MVTec AD 2 0.05)
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ from mvtec_ad.data.epochs import EpochSampler
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.data.samples import CategoryLayout, Sample, find_images
 from mvtec_ad.data.sources import (
+    AUPRO_FPR_LIMITS,
     OWN_VALIDATION,
     SOURCE_OPTIONS,
     SOURCES,
@@ -98,6 +99,8 @@ class AnomalyDataModule(L.LightningDataModule):
         pixel_resolution: where pixel metrics are computed: `original` (default) upsamples each
             map to its ground-truth mask's own size, masks never resized, as MVTec AD's official
             evaluation does; `input` compares at the model's input size (faster, approximate).
+        aupro_fpr_limit: false-positive rate up to which AU-PRO is integrated; default the
+            dataset paper's: 0.05 for source mvtec_ad2, 0.3 (MVTec AD's) for every other.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class AnomalyDataModule(L.LightningDataModule):
         split_csv: str | None = None,
         predict_split: str | None = None,
         pixel_resolution: Literal["original", "input"] = "original",
+        aupro_fpr_limit: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -164,6 +168,8 @@ class AnomalyDataModule(L.LightningDataModule):
                 f"--data.pixel_resolution must be original (masks at their own size, as MVTec's evaluation) "
                 f"or input (masks at the model's input size), got {pixel_resolution!r}."
             )
+        if aupro_fpr_limit is not None and not 0.0 < aupro_fpr_limit <= 1.0:
+            raise ConfigError(f"--data.aupro_fpr_limit must be in (0, 1], e.g. 0.3; got {aupro_fpr_limit}.")
         if num_workers < 0:
             raise ConfigError(f"--data.num_workers must be 0 or more, got {num_workers}.")
         if augmentation:
@@ -172,6 +178,9 @@ class AnomalyDataModule(L.LightningDataModule):
             build_augmentation(augmentation)  # an unknown preset fails here, before anything is loaded
         self.root = Path(root)
         self.source = source
+        self.aupro_fpr_limit = (
+            AUPRO_FPR_LIMITS.get(source, 0.3) if aupro_fpr_limit is None else aupro_fpr_limit
+        )
         own = {name: options[name] for name in SOURCE_OPTIONS[source]}
         self.source_options = source_options(source, require_masks, **own)
         if category is None and source == "folder":
@@ -206,7 +215,9 @@ class AnomalyDataModule(L.LightningDataModule):
             self._datasets = {}
 
     def describe(self) -> DataDescription:
-        return DataDescription(self.category, self.protocol, self.protocol_description, str(self.root))
+        return DataDescription(
+            self.category, self.protocol, self.protocol_description, str(self.root), self.aupro_fpr_limit
+        )
 
     def has_masks(self) -> bool:
         return self.layout is not None and self.layout.has_masks

@@ -161,7 +161,8 @@ class Evaluator(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = data_of(trainer)
         pixel = pl_module.produces_maps and (data is None or data.has_masks())
-        self._metrics = AnomalyMetrics(pixel=pixel).to(pl_module.device)
+        limit = data.describe().aupro_fpr_limit if data is not None else 0.3
+        self._metrics = AnomalyMetrics(pixel=pixel, fpr_limit=limit).to(pl_module.device)
         self._selection = OverlaySelection(self.num_overlays)
         if self._gallery is not None:
             self._gallery.close()  # a test run that stopped early left its staging folder

@@ -39,6 +39,9 @@ from mvtec_ad.search import cpu
 from mvtec_ad.search.bank import FAISS_NPROBE, IVF_NPROBE, BankSearch, SearchName
 
 CoresetName = Literal["auto", "exact", "probed"]
+# normal validation images the banks' distance statistics are taken from (the first ones, in the
+# loader's fixed order): ~50,000 patch distances at 320 px, and the pass costs seconds, not a minute
+CALIBRATION_IMAGES = 32
 CORESETS = ("auto", "exact", "probed")
 
 
@@ -319,17 +322,24 @@ class PatchCore(FitOnceModule):
             self.calibrate_banks(patches, coarse)
 
     def calibrate_banks(self, patches: torch.Tensor, coarse: torch.Tensor) -> None:
-        """Both banks' distance statistics from the validation normals (all on this process).
+        """Both banks' distance statistics from the first CALIBRATION_IMAGES validation normals (on this process).
 
         Without validation normals (--data.val_split 0), from the training images' own distances, which
         are lower than a new image's (their patches helped choose the bank): a warning says so.
         """
         maps: list[list[torch.Tensor]] = [[], []]
+        seen = 0
         with torch.no_grad():
             for batch in self.data.val_dataloader():
-                normal = batch.label == 0  # protocol (ii)'s synthetic anomalies are left out
-                if not normal.any():
+                normal = (
+                    (batch.label == 0).nonzero().flatten()
+                )  # protocol (ii)'s synthetic anomalies left out
+                normal = normal[: CALIBRATION_IMAGES - seen]
+                if len(normal) == 0:
+                    if seen >= CALIBRATION_IMAGES:
+                        break
                     continue
+                seen += len(normal)
                 canvas = self.model.pre_processor(batch.image[normal].to(self.device))
                 content = None if batch.content is None else batch.content[normal].to(self.device)
                 for i, values in enumerate(self.model.normal_distances(canvas, content)):
@@ -353,4 +363,14 @@ class PatchCore(FitOnceModule):
             if self.model.coreset_ratio < 1.0
             else None,
             "search": self.model.search.describe(),  # the backend the test's searches took
+            **(
+                {
+                    "coarse_bank_patches": int(self.model.coarse_bank.shape[0]),
+                    "coarse_search": self.model.coarse_search.describe(),
+                    # mean and std of each bank's patch distances on validation normals (fine, coarse)
+                    "bank_stats": [[round(float(v), 6) for v in row] for row in self.model.bank_stats],
+                }
+                if self.model.coarse_layers
+                else {}
+            ),
         }

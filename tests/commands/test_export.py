@@ -113,6 +113,8 @@ def test_onnx_export_gives_the_checkpoint_scores_and_maps(name, fitted, tmp_path
     threshold = float(module.threshold)
     assert math.isfinite(threshold)
     assert float(metadata["threshold"]) == threshold
+    pixel_threshold = float(module.pixel_threshold)  # the pixel threshold survives the ONNX export
+    assert math.isfinite(pixel_threshold) and float(metadata["pixel_threshold"]) == pixel_threshold
     assert metadata["image_size"] == str(TEST_IMAGE_SIZE)
     assert metadata["detector"] == module.detector_name == name.split("_magnetic_tile")[0]
 

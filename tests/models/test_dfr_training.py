@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mvtec_ad.commands.lightning import AnomalyTrainer
 from mvtec_ad.data.datamodule import AnomalyDataModule
 from mvtec_ad.evaluation.results import METRIC_KEYS
-from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+from mvtec_ad.evaluation.thresholds import fit_threshold
 from mvtec_ad.models.dfr import DFR
 from tests.helpers import TEST_IMAGE_SIZE, tiny_dfr_kwargs
 
@@ -98,11 +98,10 @@ def test_threshold_is_fitted_on_validation_normals_only(trained):
     with torch.no_grad():
         val_scores = torch.cat([model(b.image).score for b in dm.val_dataloader()])
         test_scores = torch.cat([model(b.image).score for b in dm.test_dataloader()])
-    expected = fit_threshold(val_scores, None, ThresholdConfig())
+    config = model.evaluator.threshold_config
+    expected = fit_threshold(val_scores, None, config)
     assert float(model.threshold) == pytest.approx(expected, rel=1e-4)
-    assert float(model.threshold) != pytest.approx(
-        fit_threshold(test_scores, None, ThresholdConfig()), rel=1e-3
-    )
+    assert float(model.threshold) != pytest.approx(fit_threshold(test_scores, None, config), rel=1e-3)
 
 
 def test_checkpoint_restores_model_built_from_config(trained):

@@ -27,15 +27,24 @@ def test_memory_bank_train_then_test_from_checkpoint(config, tiny_root, tmp_path
     cli("train", *args(config, tiny_root, tmp_path / "run"))
     trained = metrics_of(tmp_path / "run")
     assert trained["detector"] == config and trained["protocol"] == "official" and trained["n_test"] == 12
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "threshold", "precision"):
+    for key in (
+        "image_auroc",
+        "pixel_auroc",
+        "pixel_aupro",
+        "threshold",
+        "precision",
+        "pixel_threshold",
+        "seg_f1",
+    ):
         assert trained[key] is not None and trained[key] == trained[key], key
+    assert trained["aupro_fpr_limit"] == 0.3 and trained["seg_f1"] <= trained["pixel_f1_max"]
     assert trained["image_auroc"] >= 0.7 and trained["pixel_auroc"] >= 0.7
     checkpoint = Path(trained["checkpoint"])
     assert checkpoint.name == "model.ckpt" and checkpoint.is_file()
     # a fresh process builds the model from the config; bank and threshold come from the checkpoint
     cli("test", *args(config, tiny_root, tmp_path / "again"), "--ckpt_path", str(checkpoint))
     tested = metrics_of(tmp_path / "again")
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "threshold"):
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupro", "threshold", "pixel_threshold", "seg_f1"):
         assert tested[key] == pytest.approx(trained[key], rel=1e-6), key
 
 
@@ -87,3 +96,27 @@ def test_two_process_ddp_fit_gives_the_single_process_scores(config, module, tin
     # batches split differently over processes: equal up to float32 summation order
     assert float(a.threshold) == pytest.approx(float(b.threshold), rel=1e-5)
     assert torch.allclose(scores_of(a, tiny_root), scores_of(b, tiny_root), rtol=1e-5, atol=1e-6)
+
+
+def test_pixel_threshold_is_fitted_on_the_validation_normals_maps(tiny_root, tmp_path):
+    """The checkpoint's pixel threshold is the configured rule over the normal validation maps, not test's."""
+    from mvtec_ad.evaluation.evaluator import map_summary
+    from mvtec_ad.evaluation.thresholds import fit_pixel_threshold
+
+    rule = ("--model.threshold.pixel_method", "quantile", "--model.threshold.pixel_quantile", "0.9")
+    cli("train", *args("patchcore", tiny_root, tmp_path / "run", "--data.val_split", "0.5", *rule))
+    m = metrics_of(tmp_path / "run")
+    module = PatchCore.load_from_checkpoint(m["checkpoint"], map_location="cpu").eval()
+    config = module.evaluator.threshold_config
+    assert (config.pixel_method, config.pixel_quantile) == ("quantile", 0.9)  # travelled in the checkpoint
+    dm = datamodule(tiny_root, "washer", module.geometry.size[0], val_split=0.5, seed=42)
+    peaks, samples = [], []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            peak, sample = map_summary(module.detect_batch(batch).map, batch)
+            peaks.append(peak)
+            samples.append(sample)
+    expected = fit_pixel_threshold(torch.cat(peaks), torch.cat(samples), config)
+    assert float(module.pixel_threshold) == pytest.approx(expected, rel=1e-5)
+    assert m["pixel_threshold"] == pytest.approx(expected, rel=1e-5)
+    assert m["threshold_method"].endswith(", pixel quantile 0.9 x 1.4")

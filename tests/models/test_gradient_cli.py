@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mvtec_ad.commands.lightning import run_lightning_cli
-from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_threshold
+from mvtec_ad.evaluation.thresholds import fit_threshold
 from mvtec_ad.models.feature_ae import FeatureAE
 from tests.helpers import cli, datamodule, tiny_args
 
@@ -84,11 +84,12 @@ def test_feature_ae_fit_resume_test_and_training_threshold(tiny_root, tmp_path):
     trained, best = fit_resume_test_retest("configs/demo/feature_ae.yaml", tiny_root, tmp_path)
     assert trained["detector"] == "feature_ae"
 
-    # the stored threshold is mean + 3 std of the training images' scores under the stored weights
+    # the stored threshold is the model's rule over the training images' scores under the stored weights
     model = FeatureAE.load_from_checkpoint(best).eval()
     dm = datamodule(tiny_root, "washer", val_split=0.2, seed=42)
     with torch.no_grad():
         scores = torch.cat([model(batch.image).score for batch in dm.feature_dataloader()])
     assert len(scores) == len(dm.train_set)
-    assert float(model.threshold) == pytest.approx(fit_threshold(scores, None, ThresholdConfig()), rel=1e-4)
+    config = model.evaluator.threshold_config  # the model's own rule (the config's, or the default)
+    assert float(model.threshold) == pytest.approx(fit_threshold(scores, None, config), rel=1e-4)
     assert trained["threshold"] == pytest.approx(float(model.threshold), rel=1e-6)
