@@ -35,16 +35,23 @@ PANELS = {"image": "image", "heatmap": "heatmap", "predicted": "predicted mask",
 METRIC_ROWS = (
     ("image_auroc", "image AUROC"),
     ("pixel_auroc", "pixel AUROC"),
-    ("pixel_aupro", "pixel AUPRO (FPR ≤ 0.3)"),
-    ("image_f1_max", "image F1 max"),
+    ("pixel_aupro", "pixel AUPRO (FPR ≤ {aupro_fpr_limit:g})"),
+    ("image_f1_max", "image F1 max (oracle, fitted on test)"),
     ("image_f1_max_threshold", "threshold at F1 max"),
     ("threshold", "operating threshold"),
+    ("threshold_method", "thresholds fitted by"),
     ("precision", "precision"),
     ("recall", "recall"),
     ("specificity", "specificity"),
+    ("false_alarm_rate", "false-alarm rate (normals flagged)"),
     ("f1", "F1"),
     ("balanced_accuracy", "balanced accuracy"),
     ("error_rate", "error rate"),
+    ("pixel_threshold", "pixel threshold"),
+    ("pixel_precision", "pixel precision"),
+    ("pixel_recall", "pixel recall"),
+    ("seg_f1", "pixel F1 at the pixel threshold (SegF1)"),
+    ("pixel_f1_max", "pixel F1 max (oracle, fitted on test)"),
     ("n_test", "test images"),
     ("n_defective", "defective test images"),
     ("pixel_resolution", "pixel metrics at"),
@@ -337,7 +344,12 @@ def run_page_html(
         f"<section><h2>Run</h2>{key_value_table(run, code=('command', 'checkpoint', 'root'))}</section>"
     ]
     if metrics is not None:
-        rows = [(label, number(metrics[k])) for k, label in METRIC_ROWS if metrics.get(k) is not None]
+        limits = {"aupro_fpr_limit": metrics.get("aupro_fpr_limit") or 0.3}
+        rows = [
+            (label.format(**limits), number(metrics[k]))
+            for k, label in METRIC_ROWS
+            if metrics.get(k) is not None
+        ]
         sections.append(f"<section><h2>Metrics</h2>{key_value_table(rows)}</section>")
     body = ['<div class="columns">' + "".join(sections) + "</div>"]
     if notes:
