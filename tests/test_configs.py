@@ -21,6 +21,7 @@ RECIPE = {
         "score",
         "score_window",
         "pool_kernel",
+        "coarse_pool_kernel",
         "sigma",
         "coreset_ratio",
         "coreset",
@@ -44,6 +45,8 @@ def test_seed_config_and_demo_twin_share_the_recipe(detector):
         assert seed.get(key) == demo.get(key), (detector, key, seed.get(key), demo.get(key))
     if detector == "patchcore":  # README: the default recipe keeps the aspect ratio (squash on squares)
         assert demo["resize"] == "keep_aspect" and demo["score"] == "window_max"
+        # both have the coarse bank: the stages one and two strides coarser than the map's finest
+        assert len(seed["coarse_layers"]) == len(demo["coarse_layers"]) == 2
 
 
 @pytest.mark.parametrize("detector", sorted(RECIPE))

@@ -17,12 +17,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
 
 from mvtec_ad.errors import DataError
-from mvtec_ad.report.files import write_atomically
+from mvtec_ad.report.files import save_png, write_atomically
 
 ANOMALY_IMAGES = "anomaly_images"
 THRESHOLDED_IMAGES = "anomaly_images_thresholded"
@@ -67,19 +66,11 @@ def write_tiff(path: Path, image: np.ndarray) -> Path:
     return write_atomically(path, lambda f: f.write(buffer.getvalue()))
 
 
-def write_mask_png(path: Path, mask: np.ndarray) -> Path:
-    """A uint8 [h, w] mask as a one-channel (grayscale) PNG."""
-    ok, encoded = cv2.imencode(".png", mask)
-    if not ok:
-        raise ValueError(f"Could not encode a {mask.shape} mask as PNG for '{path}'.")
-    return write_atomically(path, lambda f: f.write(encoded.tobytes()))
-
-
 def write_submission_image(
     out: Path, root: Path, image: Path, anomaly_map: np.ndarray, threshold: float
 ) -> tuple[Path, Path]:
     """Write `image`'s map and its mask (`anomaly_map >= threshold`, on the float32 map the model gave)."""
     tiff, png = submission_paths(out, root, image)
     write_tiff(tiff, anomaly_image(anomaly_map, image))
-    write_mask_png(png, thresholded_image(anomaly_map, threshold))
+    save_png(png, thresholded_image(anomaly_map, threshold))  # one channel: a grayscale PNG
     return tiff, png
