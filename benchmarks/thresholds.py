@@ -131,7 +131,7 @@ def evaluate(detector: str, category: str, args: argparse.Namespace) -> list[dic
     val = score_validation(module, official)
     normal = val.labels == 0
     syn = score_validation(module, synthetic)
-    metrics = AnomalyMetrics(pixel=True)
+    metrics = AnomalyMetrics(pixel=True, compute_with_cache=False)  # computed once per method
     with torch.no_grad():
         for batch in official.test_dataloader():
             out = module.detect_batch(batch)

@@ -330,8 +330,9 @@ class AnomalyMetrics(Metric):
 
     full_state_update = False
 
-    def __init__(self, pixel: bool = True, fpr_limit: float = 0.3) -> None:
-        super().__init__()
+    def __init__(self, pixel: bool = True, fpr_limit: float = 0.3, **kwargs) -> None:
+        """`kwargs`: torchmetrics.Metric's (e.g. compute_with_cache=False to compute at several thresholds)."""
+        super().__init__(**kwargs)
         self.pixel = pixel
         self.fpr_limit = fpr_limit
         self.add_state("scores", default=[], dist_reduce_fx="cat")

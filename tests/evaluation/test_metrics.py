@@ -136,9 +136,12 @@ def test_seg_f1_pixel_f1_max_and_false_alarm_rate_equal_numpy(seed):
     maps, masks = random_maps_and_masks(seed)
     labels = masks.reshape(len(masks), -1).max(1)
     scores = maps.reshape(len(maps), -1).max(1)
-    metric = AnomalyMetrics(fpr_limit=0.05)
+    metric = AnomalyMetrics(fpr_limit=0.05, compute_with_cache=False)  # several thresholds, one update
     metric.update(torch.from_numpy(scores), torch.from_numpy(labels), torch.from_numpy(maps[:, None]),
                   torch.from_numpy(masks[:, None]).float())  # fmt: skip
+    assert metric.compute(threshold=2.0, pixel_threshold=0.5)["seg_f1"] == pytest.approx(
+        reference_seg_f1(maps, masks, 0.5)[2]
+    )
     out = metric.compute(threshold=2.0, pixel_threshold=1.2)
     precision, recall, f1 = reference_seg_f1(maps, masks, 1.2)
     assert out["pixel_threshold"] == 1.2 and out["aupro_fpr_limit"] == 0.05
