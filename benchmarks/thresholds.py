@@ -41,13 +41,12 @@ DETECTORS = ("patchcore", "dfr")
 SETS = ("magnetic_tile", "fabric_strips")
 # method name -> (image rule, pixel rule); f1 rows are fitted on protocol (ii)'s synthetic validation
 METHODS: dict[str, ThresholdConfig | str] = {
-    "fpr 0.01 (default)": ThresholdConfig("fpr", fpr=0.01, pixel_method="fpr"),
-    "fpr 0.05": ThresholdConfig("fpr", fpr=0.05, pixel_method="fpr"),
-    "mean_std 3 / quantile 0.95 x 1.4": ThresholdConfig("mean_std", pixel_method="quantile"),
-    "percentile 99 / quantile 0.99 x 1.0": ThresholdConfig(
-        "percentile", percentile=99, pixel_method="quantile", pixel_quantile=0.99, pixel_margin=1.0
-    ),
-    "f1 on synthetic validation": "f1",
+    "fpr 0.05 / quantile 0.99 x 1.0 (default)": ThresholdConfig(),
+    "fpr 0.01 / quantile 0.99 x 1.0": ThresholdConfig(fpr=0.01),
+    "fpr 0.1 / quantile 0.99 x 1.0": ThresholdConfig(fpr=0.1),
+    "fpr 0.01 / fpr 0.01 of map peaks": ThresholdConfig(fpr=0.01, pixel_method="fpr"),
+    "mean_std 3 / quantile 0.95 x 1.4": ThresholdConfig("mean_std", pixel_quantile=0.95, pixel_margin=1.4),
+    "f1 on synthetic validation (image and pixel)": "f1",
 }
 
 

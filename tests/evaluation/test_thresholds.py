@@ -88,7 +88,9 @@ def test_pixel_threshold_methods():
     pixels[:, :100] = torch.linspace(0, 1, 100)  # every image's pixels: 0 .. 1 evenly; NaN = padding
     fpr = fit_pixel_threshold(peaks, pixels, ThresholdConfig(pixel_method="fpr", fpr=0.02))
     assert fpr == pytest.approx(tail_quantile(peaks, 0.02))
-    assert fit_pixel_threshold(peaks, pixels, ThresholdConfig(pixel_fpr=0.05)) == pytest.approx(
+    assert fit_pixel_threshold(
+        peaks, pixels, ThresholdConfig(pixel_method="fpr", pixel_fpr=0.05)
+    ) == pytest.approx(
         float(np.quantile(peaks.numpy(), 0.95))  # 10 exceedances of 200: the plain quantile
     )
     quantile = fit_pixel_threshold(
@@ -98,7 +100,11 @@ def test_pixel_threshold_methods():
     assert math.isnan(fit_pixel_threshold(peaks, pixels, ThresholdConfig(pixel_method="none")))
     assert math.isnan(fit_pixel_threshold(peaks[:0], pixels[:0], ThresholdConfig()))
     with pytest.warns(UserWarning, match="largest map value"):
-        assert fit_pixel_threshold(peaks[:3], pixels[:3], ThresholdConfig()) == float(peaks[:3].max())
+        assert fit_pixel_threshold(peaks[:3], pixels[:3], ThresholdConfig(pixel_method="fpr")) == float(
+            peaks[:3].max()
+        )
+    # the default: the 99th percentile of the normal pixels, no margin
+    assert fit_pixel_threshold(peaks, pixels, ThresholdConfig()) == pytest.approx(98 / 99, rel=1e-5)
 
 
 def test_pixel_sample_is_strided_and_nan_padded():
@@ -121,4 +127,5 @@ def test_bad_threshold_options_are_one_line_errors_naming_the_option():
         ThresholdConfig(pixel_method="mebin")
     with pytest.raises(ConfigError, match=r"--model.threshold.pixel_margin must be > 0"):
         ThresholdConfig(pixel_margin=0)
-    assert ThresholdConfig().describe() == "image fpr 0.01, pixel fpr 0.01"
+    assert ThresholdConfig().describe() == "image fpr 0.05, pixel quantile 0.99 x 1"
+    assert ThresholdConfig(fpr=0.01, pixel_method="fpr").describe() == "image fpr 0.01, pixel fpr 0.01"

@@ -119,4 +119,4 @@ def test_pixel_threshold_is_fitted_on_the_validation_normals_maps(tiny_root, tmp
     expected = fit_pixel_threshold(torch.cat(peaks), torch.cat(samples), config)
     assert float(module.pixel_threshold) == pytest.approx(expected, rel=1e-5)
     assert m["pixel_threshold"] == pytest.approx(expected, rel=1e-5)
-    assert m["threshold_method"].endswith(", pixel quantile 0.9 x 1.4")
+    assert m["threshold_method"].endswith(", pixel quantile 0.9 x 1")
