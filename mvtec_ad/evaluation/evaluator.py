@@ -15,6 +15,7 @@ test        feeds test_step's AnomalyOutput to AnomalyMetrics (on the module's d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -72,6 +73,23 @@ def map_summary(maps: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.T
     return torch.stack(peaks).float(), torch.stack(samples)
 
 
+def gathered_rows(
+    pl_module: L.LightningModule,
+    columns: Sequence[Sequence[torch.Tensor]],
+    index: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor, ...]:
+    """Each column's per-batch tensors as one tensor of rows from every process, DDP padding repeats dropped.
+
+    `index` holds each batch's dataset positions (None where unknown: rows are then kept as gathered).
+    """
+    local = [torch.cat(list(column)) for column in columns]
+    rows = [pl_module.all_gather(t).reshape(-1, *t.shape[1:]) for t in local]
+    if all(i is not None for i in index):
+        positions = pl_module.all_gather(torch.cat(list(index))).flatten()
+        rows = list(unique_by_index(positions, *rows))
+    return tuple(rows)
+
+
 def data_of(trainer: L.Trainer) -> AnomalyData | None:
     """The trainer's DataModule when it keeps the data contract; None for plain dataloaders."""
     datamodule = trainer.datamodule
@@ -121,14 +139,9 @@ class Evaluator(Callback):
         """Map peaks [N] and pixel samples [N, S] of the normal validation images of every process."""
         if not self._val_maps or len(self._val_maps) != len(self._val):
             return None
-        peaks, samples = (torch.cat(part) for part in zip(*self._val_maps, strict=True))
-        labels = torch.cat([labels for _, labels, _ in self._val])
-        index = [i for _, _, i in self._val]
-        peaks, samples, labels = (pl_module.all_gather(t) for t in (peaks, samples, labels))
-        peaks, labels, samples = peaks.flatten(), labels.flatten(), samples.reshape(-1, samples.shape[-1])
-        if all(i is not None for i in index):
-            index = pl_module.all_gather(torch.cat(index)).flatten()
-            peaks, samples, labels = unique_by_index(index, peaks, samples, labels)
+        peaks, samples = zip(*self._val_maps, strict=True)
+        _, labels, index = zip(*self._val, strict=True)
+        peaks, samples, labels = gathered_rows(pl_module, (peaks, samples, labels), index)
         normal = labels == 0
         return peaks[normal], samples[normal]
 
@@ -137,12 +150,7 @@ class Evaluator(Callback):
         if not self._val:
             return None
         scores, labels, index = zip(*self._val, strict=True)
-        scores = pl_module.all_gather(torch.cat(scores)).flatten()
-        labels = pl_module.all_gather(torch.cat(labels)).flatten()
-        if all(i is not None for i in index):
-            index = pl_module.all_gather(torch.cat(index)).flatten()
-            scores, labels = unique_by_index(index, scores, labels)
-        return scores, labels
+        return gathered_rows(pl_module, (scores, labels), index)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         fitted_on = pl_module.threshold_basis(self.validation_scores(pl_module))
