@@ -1,7 +1,11 @@
-"""`python -m mvtec_ad export`: a trained detector as an ONNX model for deployment without Python.
+"""`python -m mvtec_ad export`: a trained detector as an ONNX or OpenVINO model for deployment.
 
     python -m mvtec_ad export --config configs/patchcore.yaml --ckpt_path .../checkpoints/model.ckpt \
         --format onnx --out patchcore.onnx
+    python -m mvtec_ad export ... --format openvino [--fp16 | --int8 [--subset_size 300]] --out patchcore.xml
+
+OpenVINO IR is converted from the same ONNX graph (mvtec_ad.deploy.openvino); mvtec_ad.deploy.Inferencer
+runs either file with its geometry and thresholds.
 
 The ONNX model takes float32 RGB images in [0, 1], [B, 3, H, W] at the model's own canvas
 (its pre-processor's; ImageNet normalisation, memory banks, tiling and stitching, everything
@@ -22,16 +26,20 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
+from mvtec_ad import __version__
 from mvtec_ad.checkpoints import check_detector_class, read_checkpoint
+from mvtec_ad.deploy.metadata import DATA_KEYS, threshold_text, training_data
+from mvtec_ad.deploy.openvino import DEFAULT_SUBSET_SIZE
 from mvtec_ad.errors import ConfigError, DependencyError
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
 from mvtec_ad.report.files import write_atomically
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 OPSET = 17
 INPUT_NAME = "image"
 CONTENT_NAME = "content"
@@ -57,9 +65,13 @@ def takes_content(module: AnomalyModule) -> bool:
     return module.geometry.resize == "keep_aspect"
 
 
-def export_metadata(module: AnomalyModule) -> dict[str, str]:
-    """What a deployment needs besides the graph: how to feed it and how to label its scores."""
-    threshold, pixel_threshold = float(module.threshold), float(module.pixel_threshold)
+def export_metadata(module: AnomalyModule, training: dict[str, str] | None = None) -> dict[str, str]:
+    """What a deployment needs besides the graph: how to feed it and how to label its scores.
+
+    `training` describes the data it was trained on (mvtec_ad.deploy.metadata.training_data of its
+    checkpoint); without it those keys are empty. The Inferencer refuses a file without the
+    keys of mvtec_ad.deploy.metadata.REQUIRED.
+    """
     height, width = module.geometry.size
     geometry = module.model.describe_geometry()
     inputs = f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]"
@@ -69,10 +81,12 @@ def export_metadata(module: AnomalyModule) -> dict[str, str]:
             f"and placed at its top-left, the rest padded ({geometry['pad']})"
         )
     return {
+        "mvtec_ad_version": __version__,
         "detector": module.detector_name,
-        **{key: str(value) for key, value in geometry.items()},
-        "threshold": repr(threshold) if math.isfinite(threshold) else "",
-        "pixel_threshold": repr(pixel_threshold) if math.isfinite(pixel_threshold) else "",
+        **{key: str(value) for key, value in geometry.items()},  # lists of ints read as JSON
+        "threshold": threshold_text(float(module.threshold)),
+        "pixel_threshold": threshold_text(float(module.pixel_threshold)),
+        **{key: (training or {}).get(key, "") for key in DATA_KEYS},
         "input": inputs,
         "outputs": (
             "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W] "
@@ -81,14 +95,24 @@ def export_metadata(module: AnomalyModule) -> dict[str, str]:
     }
 
 
-def export_onnx(module: AnomalyModule, path: str | Path) -> Path:
-    """Write `module`'s detector as ONNX (dynamic batch, the model's geometry) with its threshold in the metadata.
+def export_onnx(module: AnomalyModule, path: str | Path, training: dict[str, str] | None = None) -> Path:
+    """Write `module`'s detector as ONNX (dynamic batch, the model's geometry) with its metadata
+    (export_metadata: thresholds, geometry, detector, version, training data).
 
     The detector is put in eval mode. Uses torch's TorchScript-based exporter: it handles every
     torch detector here in a second or two; the dynamo exporter (dynamo=True) gives the same
     numbers but takes ~10 s per model and needs onnxscript. Classical detectors (scikit-learn
     pipelines) cannot be exported and are refused.
     """
+    model = onnx_graph(module)
+    import onnx  # onnx_graph has checked that it is installed
+
+    onnx.helper.set_model_props(model, export_metadata(module, training))
+    return write_atomically(path, lambda f: f.write(model.SerializeToString()))
+
+
+def onnx_graph(module: AnomalyModule):
+    """`module`'s detector as an onnx.ModelProto without metadata (export_onnx; OpenVINO converts it)."""
     from mvtec_ad.models.classical import ClassicalModel
 
     if isinstance(module.model, ClassicalModel):
@@ -128,9 +152,7 @@ def export_onnx(module: AnomalyModule, path: str | Path) -> Path:
             output_names=list(OUTPUT_NAMES),
             dynamic_axes={**{name: batch for name in names}, **{name: batch for name in OUTPUT_NAMES}},
         )
-    model = onnx.load_from_string(graph.getvalue())
-    onnx.helper.set_model_props(model, export_metadata(module))
-    return write_atomically(path, lambda f: f.write(model.SerializeToString()))
+    return onnx.load_from_string(graph.getvalue())
 
 
 def read_config(config: Path) -> dict:
@@ -175,22 +197,116 @@ def load_detector(cls: type[AnomalyModule], checkpoint: dict, ckpt_path: Path) -
     return cls.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides).eval()
 
 
+def calibration_feeds(
+    module: AnomalyModule, checkpoint: dict, data: str | None, subset_size: int
+) -> list[dict[str, np.ndarray]]:
+    """INT8 calibration inputs: up to `subset_size` normal images, evenly spread, placed as the fit placed them.
+
+    By default the checkpoint's own training images (its DataModule's hyperparameters and seed give
+    the same train split, without augmentation); `data` (a file, folder or glob of normal images)
+    replaces them.
+    """
+    from mvtec_ad.data.dataset import AnomalyDataset
+    from mvtec_ad.data.samples import Sample, find_images
+
+    if data is not None:
+        samples = [Sample(p, 0, "good") for p in find_images(data)]
+    else:
+        hparams = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items()}
+        if hparams.pop("_class_path", "mvtec_ad.data.AnomalyDataModule") != "mvtec_ad.data.AnomalyDataModule":
+            hparams = {}
+        hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+        root = hparams.get("root")
+        if not root or not Path(root).exists():
+            raise ConfigError(
+                f"INT8 calibration uses the training images, but the checkpoint's data root "
+                f"({root or 'not recorded'}) is not here: pass --calibration_data <folder or glob of normal images>."
+            )
+        from mvtec_ad.data.datamodule import AnomalyDataModule
+
+        datamodule = AnomalyDataModule(**hparams)
+        datamodule.bind_input(module.geometry)
+        datamodule.setup("fit")
+        samples = list(datamodule.splits.train)
+    picked = sorted({round(i * (len(samples) - 1) / max(subset_size - 1, 1)) for i in range(subset_size)})
+    dataset = AnomalyDataset([samples[i] for i in picked if i < len(samples)], module.geometry)
+    feeds = []
+    for item in (dataset[i] for i in range(len(dataset))):
+        feed = {INPUT_NAME: item["image"][None].numpy()}
+        if takes_content(module):
+            feed[CONTENT_NAME] = np.array([item["content"]], dtype=np.int64)
+        feeds.append(feed)
+    return feeds
+
+
+def default_out(ckpt_path: Path, fmt: str, precision: str) -> Path:
+    """The checkpoint's path with .onnx, .xml, .fp16.xml or .int8.xml."""
+    if fmt == "onnx":
+        return ckpt_path.with_suffix(".onnx")
+    return ckpt_path.with_suffix(".xml" if precision == "fp32" else f".{precision}.xml")
+
+
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mvtec_ad export",
-        description="Export a checkpoint's detector to ONNX (scores and maps, preprocessing included).",
+        description="Export a checkpoint's detector to ONNX or OpenVINO IR (scores and maps, preprocessing, "
+        "thresholds and geometry included).",
     )
     parser.add_argument("--config", required=True, type=Path, help="the detector's YAML config")
     parser.add_argument("--ckpt_path", required=True, type=Path, help="checkpoint to export")
     parser.add_argument("--format", default="onnx", choices=FORMATS)
-    parser.add_argument("--out", type=Path, help="output file (default: the checkpoint's path with .onnx)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output file (default: the checkpoint's path with .onnx, or .xml / .fp16.xml / .int8.xml)",
+    )
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="openvino: weights stored in FP16")
+    precision.add_argument(
+        "--int8", action="store_true", help="openvino: the backbone quantised to INT8 with NNCF"
+    )
+    parser.add_argument(
+        "--subset_size",
+        type=int,
+        default=DEFAULT_SUBSET_SIZE,
+        help=f"--int8: training normals to calibrate on (default {DEFAULT_SUBSET_SIZE}, evenly spread)",
+    )
+    parser.add_argument(
+        "--calibration_data",
+        help="--int8: a folder, file or glob of normal images to calibrate on (default: the checkpoint's "
+        "training images, from its data root)",
+    )
     args = parser.parse_args(argv)
+    fp = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if args.format == "onnx" and fp != "fp32":
+        raise ConfigError(f"--{fp} is for --format openvino; ONNX models are exported in FP32.")
+    if args.subset_size < 1:
+        raise ConfigError(f"--subset_size must be a positive number of images, got {args.subset_size}.")
     config = read_config(args.config)
     cls = detector_class(config, args.config)
     checkpoint = read_checkpoint(args.ckpt_path)
     module = load_detector(cls, checkpoint, args.ckpt_path)
-    out = export_onnx(module, args.out or args.ckpt_path.with_suffix(".onnx"))
+    out = args.out or default_out(args.ckpt_path, args.format, fp)
+    training = training_data(checkpoint)
+    if args.format == "onnx":
+        out = export_onnx(module, out, training)
+    else:
+        from mvtec_ad.deploy.openvino import export_openvino, import_nncf, import_openvino
+
+        import_openvino()
+        if fp == "int8":
+            import_nncf()
+        feeds = (
+            calibration_feeds(module, checkpoint, args.calibration_data, args.subset_size)
+            if fp == "int8"
+            else None
+        )
+        graph = onnx_graph(module).SerializeToString()
+        out = export_openvino(graph, export_metadata(module, training), out, fp, feeds, args.subset_size)
     threshold = float(module.threshold)
     shown = f"{threshold:.6g}" if math.isfinite(threshold) else "none"
     height, width = module.geometry.size
-    print(f"Exported {module.detector_name} to {out} (input [B, 3, {height}, {width}], threshold {shown}).")
+    kind = "ONNX" if args.format == "onnx" else f"OpenVINO {fp.upper()}"
+    print(
+        f"Exported {module.detector_name} to {out} ({kind}, input [B, 3, {height}, {width}], threshold {shown})."
+    )

@@ -418,6 +418,7 @@ class Classical(FitOnceModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["selection"] = self.selection
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

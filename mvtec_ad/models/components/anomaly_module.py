@@ -120,5 +120,11 @@ class AnomalyModule(L.LightningModule):
         """Detector-specific facts for metrics.json (chosen hyperparameters, bank size, ...)."""
         return {}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """How many training images the fit saw, for exports' description of their data (a plain int)."""
+        splits = getattr(self._trainer.datamodule if self._trainer is not None else None, "splits", None)
+        if splits is not None and getattr(splits, "train", None) is not None:
+            checkpoint["train_images"] = len(splits.train)
+
     def configure_callbacks(self) -> list[Callback]:
         return [self.evaluator]
