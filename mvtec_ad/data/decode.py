@@ -2,20 +2,23 @@
 
 cv2 reads every format the layouts allow (PNG, JPG, BMP, TIFF; gray, RGB, RGBA, 16 bit); images
 leave as RGB uint8, masks as {0, 1} uint8, so every detector sees one kind of input.
+torch is imported by the cache only: the deploy Inferencer decodes with these functions without it.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
-import torch
 
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 # cv2 uses its own thread pool inside every DataLoader worker; on small machines that oversubscribes.
 cv2.setNumThreads(1)
@@ -165,6 +168,8 @@ class DecodeCache:
     def image(self, path: Path, geometry: InputGeometry) -> Placed:
         key = (str(path), geometry, "image")
         if key not in self._items:
+            import torch
+
             rgb = decode_image(path)
             placed, content = geometry.place_image(rgb)
             tensor = torch.from_numpy(np.ascontiguousarray(placed.transpose(2, 0, 1)))
@@ -176,6 +181,8 @@ class DecodeCache:
         """uint8 [1, H, W] in {0, 1}, placed like its image."""
         key = (str(path), geometry, "mask")
         if key not in self._items:
+            import torch
+
             self._items[key] = torch.from_numpy(geometry.place_mask(decode_mask(path)))[None]
             self.decodes += 1
         return self._items[key]
@@ -184,6 +191,8 @@ class DecodeCache:
         """uint8 [H, W] in {0, 1} at the file's own resolution."""
         key = (str(path), None, "mask")
         if key not in self._items:
+            import torch
+
             self._items[key] = torch.from_numpy(decode_mask(path))
             self.decodes += 1
         return self._items[key]

@@ -117,6 +117,15 @@ class InputGeometry:
             mask = cv2.resize(mask, (content[1], content[0]), interpolation=cv2.INTER_NEAREST)
         return self.pad_to_canvas(mask, "constant")
 
+    def restore_map(self, amap: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A float map on the canvas [H, W] -> at an image's own (height, width): its content cut out and
+        resized bilinearly (half-pixel centres, no antialiasing), as the pre-processor's `restore` does in torch."""
+        h, w = self.content_size(height, width)
+        part = np.ascontiguousarray(amap[:h, :w], dtype=np.float32)
+        if (h, w) == (height, width):
+            return part
+        return cv2.resize(part, (width, height), interpolation=cv2.INTER_LINEAR)
+
     def pad_to_canvas(self, array: np.ndarray, pad: Pad) -> np.ndarray:
         """Pad the bottom and right of an array at its content size up to the canvas."""
         bottom, right = self.height - array.shape[0], self.width - array.shape[1]
