@@ -6,9 +6,10 @@
     python -m mvtec_ad synth --out datasets/demo                 # the procedural demo set
     python -m mvtec_ad demo                                      # synth + train every demo category + table
     python -m mvtec_ad predict --config ... --ckpt_path ... --data.path some/folder/
+    python -m mvtec_ad predict --model_path model.xml --data.path some/folder/   # an exported model
     python -m mvtec_ad benchmark --configs A.yaml B.yaml --data.root R --categories all --out results.csv
     python -m mvtec_ad stats --data.root R --out stats/
-    python -m mvtec_ad export --config ... --ckpt_path ... --format onnx
+    python -m mvtec_ad export --config ... --ckpt_path ... --format onnx|openvino [--fp16 | --int8]
     python -m mvtec_ad submit --config ... --ckpt_path ... --data.root R --data.category can --out submission/
 
 One YAML config serves every LightningCLI verb; it is parsed in omegaconf mode, so `${...}`
@@ -55,6 +56,13 @@ def dispatch(argv: Sequence[str] | None = None) -> None:
     if argv[0] in COMMANDS:
         run_command(argv[0], argv[1:])
         return
+    if argv[0] == "predict":  # an exported model: the Inferencer, not LightningCLI
+        from mvtec_ad.commands.predict_model import main as predict_model
+        from mvtec_ad.commands.predict_model import wants_model_path
+
+        if wants_model_path(argv[1:]):
+            predict_model(argv[1:])
+            return
     from mvtec_ad.commands.lightning import run_lightning_cli
 
     run_lightning_cli(None if from_sys else argv)

@@ -14,7 +14,7 @@ COMMANDS = {
     "demo": "make the demo set, train every demo category, print a table",
     "benchmark": "train + test every config on every category; results.csv and results.md (resumable)",
     "stats": "dataset exploration: counts, sizes, anomaly areas, brightness; CSV, markdown and plots",
-    "export": "export a checkpoint's detector to ONNX (scores and maps, preprocessing included)",
+    "export": "export a checkpoint's detector to ONNX or OpenVINO FP32/FP16/INT8 (scores, maps, thresholds)",
     "submit": "MVTec AD 2 submission of a checkpoint: float16 TIFF maps and 0/255 PNG masks per image",
 }
 

@@ -95,52 +95,20 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         threshold = float(pl_module.threshold) if pl_module.has_threshold() else None
         pixel_threshold = float(pl_module.pixel_threshold) if pl_module.has_pixel_threshold() else None
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
-        shares: dict[str, float] = {}
-
-        def also_in_predictions(card: Card, image, heatmap, overlay, predicted) -> None:  # the gallery's own
-            save_png(folder / f"predictions/{card.name}_heatmap.png", heatmap)
-            save_png(folder / f"predictions/{card.name}_overlay.png", overlay)
-            if predicted is not None:
-                save_png(folder / f"predictions/{card.name}_mask.png", predicted.astype(np.uint8) * 255)
-                shares[card.name] = float(predicted.mean())
-
-        cards = self._gallery.finish(trainer, threshold, pixel_threshold, on_picture=also_in_predictions)
-        self._gallery = None
-        if not cards or not trainer.is_global_zero:
-            return
-        rows = [
-            {
-                "path": card.path,
-                "score": card.score,
-                "label": card.verdict(threshold),
-                "threshold": threshold,
-                "pixel_threshold": pixel_threshold,
-                "anomalous_share": shares.get(card.name),
-                "heatmap": f"predictions/{card.name}_heatmap.png",
-                "overlay": f"predictions/{card.name}_overlay.png",
-                "mask": f"predictions/{card.name}_mask.png" if card.name in shares else None,
-            }
-            for card in cards
-        ]
-        self.write_tables(rows, folder)
         record = {"detector": pl_module.detector_name, **pl_module.model.describe_geometry()}
         record["checkpoint"] = str(trainer.ckpt_path) if trainer.ckpt_path else None
-        charts = [("score histogram", "../plots/predict_histogram.png")]
-        save_png(
-            folder / "plots/predict_histogram.png", prediction_histogram([c.score for c in cards], threshold)
-        )
-        page = write_run_page(
-            folder / "report",
-            "predict",
-            run_rows(record, threshold, len(cards)),
-            None,
-            [],
-            charts,
-            cards,
-            threshold,
-        )
-        rank_zero_info(f"Prediction report: {page.resolve().as_uri()}")
+        try:
+            write_predictions(
+                Path(trainer.log_dir or trainer.default_root_dir),
+                self._gallery,
+                threshold,
+                pixel_threshold,
+                record,
+                trainer,
+            )
+        finally:  # nothing of a stopped run's pictures is left in its folder
+            self._gallery.close()
+            self._gallery = None
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -159,3 +127,62 @@ class PredictionWriter(BasePredictionWriter):
         write_text(folder / "predictions.csv", buffer.getvalue())
         write_json(folder / "predictions.json", table)
         rank_zero_info(f"Predictions for {len(table)} image(s) written to {folder / 'predictions.csv'}.")
+
+
+def write_predictions(
+    folder: Path,
+    gallery: Gallery,
+    threshold: float | None,
+    pixel_threshold: float | None,
+    record: dict,
+    trainer: L.Trainer | None = None,
+) -> list[dict]:
+    """Draw the gallery's staged images and write predict's files into `folder` (the module docstring's list).
+
+    The one writer of predict's output: PredictionWriter calls it at the end of a Lightning predict,
+    `predict --model_path` (mvtec_ad.commands.predict_model) after its Inferencer has run. `record`
+    describes the run for the page (detector, geometry, checkpoint or model file). The rows written.
+    """
+    shares: dict[str, float] = {}
+
+    def also_in_predictions(card: Card, image, heatmap, overlay, predicted) -> None:  # the gallery's own
+        save_png(folder / f"predictions/{card.name}_heatmap.png", heatmap)
+        save_png(folder / f"predictions/{card.name}_overlay.png", overlay)
+        if predicted is not None:
+            save_png(folder / f"predictions/{card.name}_mask.png", predicted.astype(np.uint8) * 255)
+            shares[card.name] = float(predicted.mean())
+
+    cards = gallery.finish(trainer, threshold, pixel_threshold, on_picture=also_in_predictions)
+    if not cards or (trainer is not None and not trainer.is_global_zero):
+        return []
+    rows = [
+        {
+            "path": card.path,
+            "score": card.score,
+            "label": card.verdict(threshold),
+            "threshold": threshold,
+            "pixel_threshold": pixel_threshold,
+            "anomalous_share": shares.get(card.name),
+            "heatmap": f"predictions/{card.name}_heatmap.png",
+            "overlay": f"predictions/{card.name}_overlay.png",
+            "mask": f"predictions/{card.name}_mask.png" if card.name in shares else None,
+        }
+        for card in cards
+    ]
+    PredictionWriter.write_tables(rows, folder)
+    charts = [("score histogram", "../plots/predict_histogram.png")]
+    save_png(
+        folder / "plots/predict_histogram.png", prediction_histogram([c.score for c in cards], threshold)
+    )
+    page = write_run_page(
+        folder / "report",
+        "predict",
+        run_rows(record, threshold, len(cards)),
+        None,
+        [],
+        charts,
+        cards,
+        threshold,
+    )
+    rank_zero_info(f"Prediction report: {page.resolve().as_uri()}")
+    return rows
