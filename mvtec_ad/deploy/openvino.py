@@ -17,6 +17,7 @@ atomically (write_atomically), the .bin first: a stopped export never leaves a h
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -69,6 +70,7 @@ def quantise(model, calibration: Iterable[dict[str, np.ndarray]], subset_size: i
     """NNCF post-training INT8 of `model` but the nodes `patterns` match, calibrated on `calibration`
     (one feed dict per image)."""
     nncf = import_nncf()
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it leaves out
     feeds = list(calibration)
     if not feeds:
         raise ConfigError("INT8 calibration needs at least one normal image; none was found.")
