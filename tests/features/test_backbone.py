@@ -113,11 +113,15 @@ def test_feature_extractor_layers_in_requested_order():
 
 def test_torchvision_backbone_and_local_weights_file(tmp_path):
     model = torchvision.models.resnet18(weights=None)
+    model.bn1.running_var.uniform_(0.5, 2.0)  # statistics the folded conv1 must carry
     path = tmp_path / "r18.pth"
     torch.save(model.state_dict(), path)
     fe = FeatureExtractor("resnet18", ["layer2", "layer3"], str(path))
     assert fe.channels == [128, 256]
-    assert torch.equal(fe.body.conv1.weight, model.conv1.weight)
+    # conv1 carries bn1 folded in (mvtec_ad.features.fold): the file's tensors, scaled
+    scale = model.bn1.weight / torch.sqrt(model.bn1.running_var + model.bn1.eps)
+    assert torch.allclose(fe.body.conv1.weight, model.conv1.weight * scale.view(-1, 1, 1, 1))
+    assert torch.allclose(fe.body.conv1.bias, model.bn1.bias - model.bn1.running_mean * scale)
 
 
 def test_unknown_layer_lists_available():
