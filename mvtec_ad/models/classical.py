@@ -326,7 +326,7 @@ class Classical(FitOnceModule):
         self.random_state = random_state
         self.selection: dict | None = None
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def embed(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         return (self.model.embed(images),)
 
     def pipeline_layout(self) -> list[tuple[str, type]]:

@@ -112,7 +112,7 @@ class KNN(FitOnceModule):
         super().__init__(KNNModel(**model_args), threshold=threshold, num_overlays=num_overlays)
         self.save_hyperparameters()
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def embed(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         return self.model.embed(images)
 
     def fit_features(self, pooled: torch.Tensor, patches: torch.Tensor) -> None:

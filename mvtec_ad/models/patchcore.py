@@ -171,9 +171,10 @@ class PatchCoreModel(Detector, ResizableBuffers):
     ) -> None:
         """Coresets of all training patches [N, D, h, w] (and of the coarse bank's) become the banks.
 
-        `progress(done, total)` counts the picks of both coresets (see greedy_coreset).
+        Patches that are NaN (padding, see PatchCore.embed) are left out. `progress(done, total)`
+        counts the picks of both coresets (see greedy_coreset).
         """
-        flat = [p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]) for p in (patches, coarse) if p is not None]
+        flat = [image_rows(p) for p in (patches, coarse) if p is not None]
         picks = [self.coreset_size(len(f)) for f in flat]
         done, total = 0, sum(picks)
         for i, (rows, n_select) in enumerate(zip(flat, picks, strict=True)):
@@ -202,20 +203,25 @@ class PatchCoreModel(Detector, ResizableBuffers):
         )
 
     def bank_maps(
-        self, fine: torch.Tensor, coarse: torch.Tensor | None = None
+        self, fine: torch.Tensor, coarse: torch.Tensor | None = None, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Fine queries [B, P, D], their nearest bank rows [B, P, 1] and each bank's raw map [B, 1, h, w].
 
-        From embed_banks' features; every map is on the fine grid (the coarse one bilinearly resized).
+        From embed_banks' features; every map is on the fine grid (the coarse one bilinearly resized,
+        after its padding cells took its lowest image cell's value, so padding never leaks into it).
+        Only the image's cells are searched (`valid` [B, 1, H, W], None = all); padding cells hold 0
+        and nearest row 0, for the caller's fill_outside.
         """
         b, c, h, w = fine.shape
         queries = fine.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        distances, nearest = self.search(queries, self.memory_bank)  # [B, P, 1]
+        cells = cells_of(valid, (h, w))
+        distances, nearest = search_cells(self.search, queries, self.memory_bank, cells)  # [B, P, 1]
         maps = [distances.view(b, 1, h, w)]
         if coarse is not None:
             rows = coarse.permute(0, 2, 3, 1).reshape(b, -1, coarse.shape[1])
-            far, _ = self.coarse_search(rows, self.coarse_bank)
-            far = far.view(b, 1, *coarse.shape[-2:])
+            coarse_cells = cells_of(valid, tuple(coarse.shape[-2:]))
+            far, _ = search_cells(self.coarse_search, rows, self.coarse_bank, coarse_cells)
+            far = fill_outside(far.view(b, 1, *coarse.shape[-2:]), coarse_cells)
             maps.append(F.interpolate(far, size=(h, w), mode="bilinear", align_corners=False))
         return queries, nearest, maps
 
@@ -225,7 +231,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         images = self.network_input(canvas)
         if self.tiler is not None and valid is not None:
             valid = self.tiler.split(valid)
-        _, _, maps = self.bank_maps(*self.embed_banks(images))
+        _, _, maps = self.bank_maps(*self.embed_banks(images), valid=valid)
         cells = cells_of(valid, tuple(maps[0].shape[-2:]))
         return [m[cells] if cells is not None else m.flatten() for m in maps]
 
@@ -273,7 +279,7 @@ class PatchCoreModel(Detector, ResizableBuffers):
         return weight * score
 
     def detect(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> AnomalyOutput:
-        queries, nearest, maps = self.bank_maps(*self.embed_banks(images))
+        queries, nearest, maps = self.bank_maps(*self.embed_banks(images), valid=valid)
         b, _, h, w = maps[0].shape
         cells = cells_of(valid, (h, w))
         raw_map = fill_outside(maps[0], cells)  # padding: no worst patch
@@ -286,6 +292,32 @@ class PatchCoreModel(Detector, ResizableBuffers):
         if self.reweight and self.num_neighbors > 1:
             return AnomalyOutput(self.reweighted_score(queries, raw, nearest.view(b, h * w)), out.map)
         return out
+
+
+def image_rows(patches: torch.Tensor) -> torch.Tensor:
+    """Patch features [N, D, h, w] -> rows [M, D] of the image's patches (NaN rows, padding, left out)."""
+    rows = patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
+    image = ~rows[:, 0].isnan()
+    return rows if bool(image.all()) else rows[image]
+
+
+def search_cells(
+    search: BankSearch, queries: torch.Tensor, bank: torch.Tensor, cells: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest bank row of the queries [B, P, D] at image cells [B, 1, h, w] (None: all): ([B, P, 1], [B, P, 1]).
+
+    Padding cells are not searched (a quarter to a half of a keep_aspect canvas of elongated
+    images): they get distance 0 and row 0. An exported graph searches every cell (fixed shapes;
+    the caller's fill_outside makes the maps equal).
+    """
+    if cells is None or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(cells.all()):
+        return search(queries, bank)
+    image = cells.reshape(queries.shape[0], -1)
+    distances, nearest = search(queries[image].unsqueeze(0), bank)
+    all_distances = distances.new_zeros(*queries.shape[:2], 1)
+    all_nearest = nearest.new_zeros(*queries.shape[:2], 1)
+    all_distances[image], all_nearest[image] = distances[0], nearest[0]
+    return all_distances, all_nearest
 
 
 class PatchCore(FitOnceModule):
@@ -305,8 +337,19 @@ class PatchCore(FitOnceModule):
         self.save_hyperparameters()
         self.coreset_seconds: float | None = None
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.model.embed_banks(images)
+    def embed(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Each bank's patch features, NaN at padding cells: test never scores them, so the banks leave them out.
+
+        On magnetic_tile's keep_aspect canvas that is 29% of the patches, and the coresets'
+        work falls with the square of the patch count.
+        """
+        features = self.model.embed_banks(images)
+        return tuple(
+            f.masked_fill(~cells, math.nan)
+            if (cells := cells_of(valid, tuple(f.shape[-2:]))) is not None
+            else f
+            for f in features
+        )
 
     def fit_features(self, patches: torch.Tensor, coarse: torch.Tensor | None = None) -> None:
         start = time.perf_counter()
@@ -314,8 +357,10 @@ class PatchCore(FitOnceModule):
             self.model.fit(patches, coarse, progress=bar.advance_to)
         self.coreset_seconds = time.perf_counter() - start
         total = patches.shape[0] * patches.shape[2] * patches.shape[3]
+        image = len(image_rows(patches))
+        padding = f" ({total - image} padding patches left out)" if image < total else ""
         rank_zero_info(
-            f"patchcore: {self.model.memory_bank.shape[0]} of {total} patches kept "
+            f"patchcore: {self.model.memory_bank.shape[0]} of {image} image patches kept{padding} "
             f"({self.coreset_seconds:.1f} s)."
         )
         if coarse is not None:
@@ -350,8 +395,13 @@ class PatchCore(FitOnceModule):
                 "scaled by the training images' own distances, which favours the finer bank."
             )
             with torch.no_grad():
-                _, _, train_maps = self.model.bank_maps(patches[:32], coarse[:32])
-            maps = [[m] for m in train_maps]
+                maps = [
+                    [search(image_rows(f[:CALIBRATION_IMAGES]).unsqueeze(0), bank)[0]]
+                    for f, search, bank in (
+                        (patches, self.model.search, self.model.memory_bank),
+                        (coarse, self.model.coarse_search, self.model.coarse_bank),
+                    )
+                ]
         self.model.calibrate(maps)
 
     def extra_results(self) -> dict:

@@ -34,8 +34,12 @@ class FitOnceModule(AnomalyModule):
         self._features: list[tuple[torch.Tensor, ...]] = []
         self._indices: list[torch.Tensor] = []
 
-    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per-image tensors (first dimension = batch) that the fit needs."""
+    def embed(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Per-image tensors (first dimension = batch) that the fit needs.
+
+        `valid` [B, 1, H, W] marks where the images are (keep_aspect pads them; None = everywhere):
+        a detector that fits on patches may leave the padding out, as test never scores it.
+        """
         raise NotImplementedError
 
     def fit_features(self, *features: torch.Tensor) -> None:
@@ -56,8 +60,11 @@ class FitOnceModule(AnomalyModule):
         if bool(self.fitted):
             return
         with torch.no_grad():
-            images = self.model.network_input(self.model.pre_processor(batch.image))
-            features = tuple(f.detach() for f in self.embed(images))
+            canvas = self.model.pre_processor(batch.image)
+            valid = self.model.canvas_valid(canvas, batch.content)
+            if valid is not None and self.model.tiler is not None:
+                valid = self.model.tiler.split(valid)
+            features = tuple(f.detach() for f in self.embed(self.model.network_input(canvas), valid))
             if self.model.tiler is not None:  # one row per image, so gathering keeps dataset order
                 features = tuple(self.model.tiler.per_image(f) for f in features)
             self._features.append(features)
