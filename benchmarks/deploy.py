@@ -20,6 +20,11 @@ the same Inferencer, i.e. torch):
                      largest checkpoint score
   labels agree       share of images labelled as the checkpoint labels them at its threshold
 
+The checkpoint of a memory-bank detector (patchcore) runs twice: with its banks searched exactly
+in float32, as every exported graph searches them (the reference of the last two columns), and
+with its own `--model.search` (auto: ivf on large banks), as `test` runs it: that row shows what
+the approximate search moves, not the export.
+
 Runs on the CPU cores this process may use (--threads, default all of them); prints a markdown table
 and writes it to <out>/deploy.md. Targets (issue 32): FP32 runtimes within 1e-4 relative of the
 checkpoint and agreeing on every label; INT8 within 0.005 image AUROC of FP32 and faster at batch 1;
@@ -50,7 +55,8 @@ CONFIGS = {  # name -> (config, extra fit options)
     "dfr": ("configs/demo/dfr.yaml", ()),
     "pixel_ae": ("configs/demo/pixel_ae.yaml", ()),
 }
-RUNTIMES = ("checkpoint (torch)", "onnxruntime", "OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8")
+EXACT = "checkpoint (torch, exact search)"  # what every export computes: the reference of the parity columns
+RUNTIMES = (EXACT, "checkpoint (torch)", "onnxruntime", "OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8")
 COLD_START = """
 import sys, time
 start = time.perf_counter()
@@ -86,7 +92,7 @@ def export_all(name: str, checkpoint: Path, args: argparse.Namespace) -> dict[st
     from mvtec_ad.commands.export import main as export_main
 
     config = CONFIGS[name][0]
-    files = {"checkpoint (torch)": checkpoint}
+    files = {EXACT: checkpoint, "checkpoint (torch)": checkpoint}
     for runtime, suffix, options in (
         ("onnxruntime", ".onnx", ["--format", "onnx"]),
         ("OpenVINO FP32", ".xml", ["--format", "openvino"]),
@@ -132,12 +138,24 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
-def measure(path: Path, samples: list, threads: int) -> dict:
-    """One runtime's numbers on the samples."""
+def measure(path: Path, samples: list, threads: int, exact: bool = False) -> dict | None:
+    """One runtime's numbers on the samples; `exact`: the checkpoint with its memory banks searched exactly
+    in float32, as the exported graphs search them (None for a detector without a bank)."""
     from mvtec_ad.data.decode import decode_mask
     from mvtec_ad.deploy import Inferencer
 
     inferencer = Inferencer(path, threads=threads)
+    if exact:
+        from mvtec_ad.search.bank import BankSearch
+
+        model = inferencer.runtime.module.model
+        searches = [
+            name for name in ("search", "coarse_search") if isinstance(getattr(model, name, None), BankSearch)
+        ]
+        if not searches:
+            return None
+        for name in searches:
+            setattr(model, name, BankSearch("exact_fp32"))
     paths = [str(s.path) for s in samples]
     placed = [inferencer.place(p) for p in paths[: min(len(paths), 20)]]
     inferencer.run(placed[0].image[None], np.array([placed[0].content]))  # warm-up
@@ -204,7 +222,9 @@ def main() -> None:
         samples = test_samples(checkpoint, args.limit)
         reference = None
         for runtime in RUNTIMES:
-            row = measure(files[runtime], samples, args.threads)
+            row = measure(files[runtime], samples, args.threads, exact=runtime == EXACT)
+            if row is None:
+                continue
             reference = reference or row
             delta = np.abs(row["scores"] - reference["scores"])
             relative = float(delta.max() / max(np.abs(reference["scores"]).max(), 1e-12))
