@@ -65,6 +65,7 @@ class FeatureExtractor(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self.folded: Folded = self._fold()
+        self.eval()  # the modules that replaced the BNs (activations) too
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, 64, 64))
         self.channels = [f.shape[1] for f in probe]

@@ -64,7 +64,9 @@ def nearest_neighbours(
     b = bank.float()
     b_sq = (b * b).sum(-1).unsqueeze(-2)  # [1, N] or [B, 1, N]
     b_m2 = (b * -2.0).transpose(-1, -2)  # [D, N] or [B, D, N]
-    per_query = math.prod(queries.shape[:-2]) * max(n_bank, k * bank.shape[-1])  # elements per step of Q
+    per_query = max(n_bank, k * bank.shape[-1])  # elements per step of Q, per batch item
+    if not torch.jit.is_tracing():  # eager: the whole batch's distances count; a traced graph's
+        per_query *= math.prod(queries.shape[:-2])  # chunks must not depend on the example's batch
     step = max(1, chunk_elements // per_query)
     distances, indices = [], []
     block: torch.Tensor | None = None  # one distance block reused by every chunk (see below)
@@ -74,15 +76,15 @@ def nearest_neighbours(
         # folded into rows, as one 2-D GEMM (a 3-D matmul would run one small GEMM per item)
         if b.dim() == 2:
             rows = q.reshape(-1, q.shape[-1])
-            if torch.jit.is_tracing():  # exported graphs allocate their own blocks
-                partial = torch.addmm(b_sq, rows, b_m2)
+            if torch.jit.is_tracing():  # exported graphs allocate their own blocks; batch kept dynamic
+                partial = torch.matmul(q, b_m2) + b_sq
             else:
                 # writing every chunk into one block: a fresh 24 MB block per chunk lets glibc's
                 # heap fragment (5 GB of RSS for patchcore's test instead of 0.7 GB)
                 if block is None:
                     block = rows.new_empty(rows.shape[0], n_bank)
                 partial = torch.addmm(b_sq, rows, b_m2, out=block[: rows.shape[0]])
-            partial = partial.view(*q.shape[:-1], n_bank)
+                partial = partial.view(*q.shape[:-1], n_bank)
         else:
             partial = torch.baddbmm(b_sq, q, b_m2)
         idx = partial.topk(k, dim=-1, largest=False)[1] if k > 1 else partial.argmin(-1, keepdim=True)

@@ -48,6 +48,7 @@ def test_extractors_are_built_folded():
     assert extractor.folded
     keys = extractor.state_dict().keys()
     assert not any(key.endswith("running_var") for key in keys)
+    assert not any(module.training for module in extractor.modules())  # replacements too
     conv, bn, _ = extractor.folded[0]
     assert f"body.{conv}.bias" in keys and f"body.{bn}.weight" not in keys
 
