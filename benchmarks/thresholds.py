@@ -29,8 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mvtec_ad.checkpoints import read_checkpoint  # noqa: E402
-from mvtec_ad.commands.export import detector_class, load_detector, read_config  # noqa: E402
+from mvtec_ad.checkpoints import load_detector, read_checkpoint  # noqa: E402
+from mvtec_ad.commands.export import detector_class, read_config  # noqa: E402
 from mvtec_ad.data import AnomalyDataModule  # noqa: E402
 from mvtec_ad.evaluation.evaluator import map_summary, pixel_inputs  # noqa: E402
 from mvtec_ad.evaluation.metrics import AnomalyMetrics, label_regions  # noqa: E402

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mvtec_ad.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from mvtec_ad.models.components.anomaly_module import AnomalyModule
 
 # torch.save's older (pre-1.6, non-zip) format opens with this number pickled as LONG1 (opcode 0x8a, 10 bytes)
 LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -109,3 +113,15 @@ def check_detector_class(checkpoint: dict, wanted: str, path: str | Path) -> Non
             f"Checkpoint '{path}' holds a {stored}, but the config names {wanted}: pass the config it was "
             f"trained with (its run folder keeps it as config.yaml)."
         )
+
+
+def load_detector(cls: type[AnomalyModule], checkpoint: dict, ckpt_path: Path) -> AnomalyModule:
+    """The detector with the checkpoint's hyperparameters and weights, on the CPU, in eval mode.
+
+    The backbone is built without pretrained weights (`weights: none`): the checkpoint holds all
+    of them, so exporting needs neither a network nor the original weight file.
+    """
+    hparams = checkpoint.get("hyper_parameters", {})
+    check_detector_class(checkpoint, f"{cls.__module__}.{cls.__qualname__}", ckpt_path)
+    overrides = {"weights": "none"} if "weights" in hparams else {}
+    return cls.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides).eval()

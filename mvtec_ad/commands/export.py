@@ -31,9 +31,8 @@ import torch
 import yaml
 from torch import nn
 
-from mvtec_ad import __version__
-from mvtec_ad.checkpoints import check_detector_class, read_checkpoint
-from mvtec_ad.deploy.metadata import DATA_KEYS, threshold_text, training_data
+from mvtec_ad.checkpoints import load_detector, read_checkpoint
+from mvtec_ad.deploy.metadata import CONTENT_NAME, INPUT_NAME, export_metadata, takes_content, training_data
 from mvtec_ad.deploy.openvino import DEFAULT_SUBSET_SIZE
 from mvtec_ad.errors import ConfigError, DependencyError
 from mvtec_ad.models.components.anomaly_module import AnomalyModule
@@ -41,8 +40,6 @@ from mvtec_ad.report.files import write_atomically
 
 FORMATS = ("onnx", "openvino")
 OPSET = 17
-INPUT_NAME = "image"
-CONTENT_NAME = "content"
 OUTPUT_NAMES = ("score", "map")
 
 
@@ -58,41 +55,6 @@ class ScoresAndMaps(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.detector(images, content)
         return out.score, out.map
-
-
-def takes_content(module: AnomalyModule) -> bool:
-    """keep_aspect models are told where each image ends on the canvas."""
-    return module.geometry.resize == "keep_aspect"
-
-
-def export_metadata(module: AnomalyModule, training: dict[str, str] | None = None) -> dict[str, str]:
-    """What a deployment needs besides the graph: how to feed it and how to label its scores.
-
-    `training` describes the data it was trained on (mvtec_ad.deploy.metadata.training_data of its
-    checkpoint); without it those keys are empty. The Inferencer refuses a file without the
-    keys of mvtec_ad.deploy.metadata.REQUIRED.
-    """
-    height, width = module.geometry.size
-    geometry = module.model.describe_geometry()
-    inputs = f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]"
-    if takes_content(module):
-        inputs += (
-            f"; {CONTENT_NAME}: int64 [B, 2], (h, w) of each image scaled (aspect kept) to fit the canvas "
-            f"and placed at its top-left, the rest padded ({geometry['pad']})"
-        )
-    return {
-        "mvtec_ad_version": __version__,
-        "detector": module.detector_name,
-        **{key: str(value) for key, value in geometry.items()},  # lists of ints read as JSON
-        "threshold": threshold_text(float(module.threshold)),
-        "pixel_threshold": threshold_text(float(module.pixel_threshold)),
-        **{key: (training or {}).get(key, "") for key in DATA_KEYS},
-        "input": inputs,
-        "outputs": (
-            "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W] "
-            "(predicted mask = map >= pixel_threshold)"
-        ),
-    }
 
 
 def export_onnx(module: AnomalyModule, path: str | Path, training: dict[str, str] | None = None) -> Path:
@@ -183,18 +145,6 @@ def detector_class(config: dict, config_path: Path) -> type[AnomalyModule]:
             f"model.class_path '{class_path}' in '{config_path}' is not a detector (AnomalyModule)."
         )
     return cls
-
-
-def load_detector(cls: type[AnomalyModule], checkpoint: dict, ckpt_path: Path) -> AnomalyModule:
-    """The detector with the checkpoint's hyperparameters and weights, on the CPU, in eval mode.
-
-    The backbone is built without pretrained weights (`weights: none`): the checkpoint holds all
-    of them, so exporting needs neither a network nor the original weight file.
-    """
-    hparams = checkpoint.get("hyper_parameters", {})
-    check_detector_class(checkpoint, f"{cls.__module__}.{cls.__qualname__}", ckpt_path)
-    overrides = {"weights": "none"} if "weights" in hparams else {}
-    return cls.load_from_checkpoint(ckpt_path, map_location="cpu", **overrides).eval()
 
 
 def calibration_feeds(

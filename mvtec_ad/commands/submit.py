@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mvtec_ad.checkpoints import read_checkpoint
-from mvtec_ad.commands.export import detector_class, load_detector, read_config
+from mvtec_ad.checkpoints import load_detector, read_checkpoint
+from mvtec_ad.commands.export import detector_class, read_config
 from mvtec_ad.data.checks import check_samples
 from mvtec_ad.data.dataset import AnomalyDataset, Batch, collate_batch
 from mvtec_ad.data.samples import Sample

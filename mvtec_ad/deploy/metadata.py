@@ -12,10 +12,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mvtec_ad import __version__
 from mvtec_ad.data.geometry import InputGeometry
 from mvtec_ad.errors import CheckpointError
 
+if TYPE_CHECKING:  # the module stays light: an exported file's Inferencer never imports torch
+    from mvtec_ad.models.components.anomaly_module import AnomalyModule
+
+INPUT_NAME = "image"  # the exported graphs' inputs
+CONTENT_NAME = "content"
 RT_INFO_SECTION = "mvtec_ad"  # OpenVINO rt_info: model.get_rt_info(["mvtec_ad", key])
 # every file must hold these; the rest (tile_size, input, outputs, quantisation, ...) is for people
 REQUIRED = ("mvtec_ad_version", "detector", "image_size", "resize", "pad", "threshold", "pixel_threshold")
@@ -76,3 +83,38 @@ def geometry_of(metadata: dict[str, str], path: str | Path) -> InputGeometry:
         raise CheckpointError(
             f"'{path}' has a broken geometry in its metadata ({error}): export the checkpoint again."
         ) from None
+
+
+def takes_content(module: AnomalyModule) -> bool:
+    """keep_aspect models are told where each image ends on the canvas."""
+    return module.geometry.resize == "keep_aspect"
+
+
+def export_metadata(module: AnomalyModule, training: dict[str, str] | None = None) -> dict[str, str]:
+    """What a deployment needs besides the graph: how to feed it and how to label its scores.
+
+    `training` describes the data it was trained on (mvtec_ad.deploy.metadata.training_data of its
+    checkpoint); without it those keys are empty. The Inferencer refuses a file without the
+    keys of mvtec_ad.deploy.metadata.REQUIRED.
+    """
+    height, width = module.geometry.size
+    geometry = module.model.describe_geometry()
+    inputs = f"{INPUT_NAME}: float32 RGB [B, 3, {height}, {width}] in [0, 1]"
+    if takes_content(module):
+        inputs += (
+            f"; {CONTENT_NAME}: int64 [B, 2], (h, w) of each image scaled (aspect kept) to fit the canvas "
+            f"and placed at its top-left, the rest padded ({geometry['pad']})"
+        )
+    return {
+        "mvtec_ad_version": __version__,
+        "detector": module.detector_name,
+        **{key: str(value) for key, value in geometry.items()},  # lists of ints read as JSON
+        "threshold": threshold_text(float(module.threshold)),
+        "pixel_threshold": threshold_text(float(module.pixel_threshold)),
+        **{key: (training or {}).get(key, "") for key in DATA_KEYS},
+        "input": inputs,
+        "outputs": (
+            "score: float32 [B] (label = score >= threshold); map: float32 [B, 1, H, W] "
+            "(predicted mask = map >= pixel_threshold)"
+        ),
+    }

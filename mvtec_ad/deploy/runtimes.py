@@ -128,7 +128,8 @@ class CheckpointRuntime:
             )
         module_name, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module_name), name)
-        from mvtec_ad.commands.export import export_metadata, load_detector
+        from mvtec_ad.checkpoints import load_detector
+        from mvtec_ad.deploy.metadata import export_metadata
 
         self.module = load_detector(cls, checkpoint, path)
         self.metadata = export_metadata(self.module, training_data(checkpoint))

@@ -17,8 +17,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from mvtec_ad.checkpoints import read_checkpoint
-from mvtec_ad.commands.export import detector_class, load_detector, read_config
+from mvtec_ad.checkpoints import load_detector, read_checkpoint
+from mvtec_ad.commands.export import detector_class, read_config
 from mvtec_ad.data.datamodule import AnomalyDataModule
 from mvtec_ad.data.dataset import collate_batch
 from mvtec_ad.data.sources.mvtec_ad2 import TEST_SPLITS
