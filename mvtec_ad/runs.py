@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from mvtec_ad.report.files import remove_stale_temporaries, write_atomically
+from mvtec_ad.report.files import claim_numbered_folder, remove_stale_temporaries, write_atomically
 
 
 class RunLogger(TensorBoardLogger):
@@ -31,14 +31,7 @@ class RunLogger(TensorBoardLogger):
         version = super()._get_next_version()
         if rank_zero_only.rank != 0:
             return version
-        root = Path(self.root_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                return version
-            except FileExistsError:  # another run took it between the count and now
-                version += 1
+        return claim_numbered_folder(Path(self.root_dir), "version_", version)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -39,6 +39,7 @@ from mvtec_ad.data.sources.mvtec import resolve_categories
 from mvtec_ad.errors import ConfigError
 from mvtec_ad.evaluation.results_table import COLUMNS, METRIC_COLUMNS, OK, Row
 from mvtec_ad.progress import steps
+from mvtec_ad.report.files import claim_numbered_folder
 from mvtec_ad.report.results_page import html_path
 
 PASS_THROUGH_PREFIXES = ("--data.", "--trainer.", "--model.", "--seed_everything")
@@ -264,15 +265,7 @@ def claim_run_folder(run_root: Path) -> Path:
     No other process can take the same folder: two benchmarks whose --out share a folder (each
     holding only its own CSV's lock) run the same config and category in run_<N> and run_<N+1>.
     """
-    run_root.mkdir(parents=True, exist_ok=True)
-    taken = [p.name.removeprefix("run_") for p in run_root.glob("run_*")]
-    n = max((int(t) + 1 for t in taken if t.isdigit()), default=0)
-    while True:
-        try:
-            (run_root / f"run_{n}").mkdir()
-            return run_root / f"run_{n}"
-        except FileExistsError:  # another benchmark took it between the count and now
-            n += 1
+    return run_root / f"run_{claim_numbered_folder(run_root, 'run_')}"
 
 
 def run_row(run: PlannedRun) -> Row:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mvtec_ad.errors import ConfigError
+from mvtec_ad.report.files import claim_numbered_folder
 
 FLAG = "--model_path"
 
@@ -43,15 +44,7 @@ def run_folder(root: Path, logger: bool) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         return root
     base = root / "lightning_logs"
-    base.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name[8:]) for p in base.glob("version_*") if p.name[8:].isdigit()]
-    version = max(taken, default=-1) + 1
-    while True:
-        try:
-            (base / f"version_{version}").mkdir()
-            return base / f"version_{version}"
-        except FileExistsError:  # another run took it between the count and now
-            version += 1
+    return base / f"version_{claim_numbered_folder(base, 'version_')}"
 
 
 def main(argv: Sequence[str]) -> None:

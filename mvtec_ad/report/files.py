@@ -80,6 +80,25 @@ def write_atomically(path: str | Path, write: Callable[[IO[bytes]], None], durab
     return path
 
 
+def claim_numbered_folder(parent: Path, prefix: str, first: int | None = None) -> int:
+    """Create `parent/<prefix><N>` with one atomic mkdir and return N: no other process gets the same one.
+
+    N starts at `first` (default: one more than the largest N already there) and goes up while
+    another run takes it between the count and the mkdir.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    if first is None:
+        taken = [p.name.removeprefix(prefix) for p in parent.glob(f"{prefix}*")]
+        first = max((int(t) + 1 for t in taken if t.isdigit()), default=0)
+    n = first
+    while True:
+        try:
+            (parent / f"{prefix}{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
+
 def create_temporary(path: Path) -> tuple[int, Path]:
     """A new file `.<name>.<8 hex digits>.tmp` beside `path`, open for writing and locked while open.
 
