@@ -357,7 +357,7 @@ class PatchCore(FitOnceModule):
             self.model.fit(patches, coarse, progress=bar.advance_to)
         self.coreset_seconds = time.perf_counter() - start
         total = patches.shape[0] * patches.shape[2] * patches.shape[3]
-        image = len(image_rows(patches))
+        image = int((~patches[:, 0].isnan()).sum())  # image patches (NaN: padding), counted without a copy
         padding = f" ({total - image} padding patches left out)" if image < total else ""
         rank_zero_info(
             f"patchcore: {self.model.memory_bank.shape[0]} of {image} image patches kept{padding} "
