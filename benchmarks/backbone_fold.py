@@ -3,7 +3,8 @@
     python benchmarks/backbone_fold.py
     MVTEC_AD_CPU=avx2 python benchmarks/backbone_fold.py
 
-Times FeatureExtractor's forward (random weights: the speed does not depend on their values) on
+Times FeatureExtractor's forward on torch (random weights: the speed does not depend on their
+values; onnxruntime, the CPU default, folds BatchNorm itself: benchmarks/backbone_engine.py) on
 batches of random images, folded as built and with the folding undone, and checks that both give
 the same features. Prints a markdown table; not part of `make test`.
 """
@@ -49,6 +50,7 @@ def main() -> None:
             unfolded = FeatureExtractor(backbone, layers, "none")
         torch.manual_seed(0)
         folded = FeatureExtractor(backbone, layers, "none")
+        unfolded.engine = folded.engine = "torch"
         for size in args.sizes:
             images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
             with torch.inference_mode():

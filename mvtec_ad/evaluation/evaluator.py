@@ -31,6 +31,8 @@ from mvtec_ad.evaluation.metrics import AnomalyMetrics
 from mvtec_ad.evaluation.results import test_record
 from mvtec_ad.evaluation.selection import OverlaySelection
 from mvtec_ad.evaluation.thresholds import ThresholdConfig, fit_pixel_threshold, fit_threshold, pixel_sample
+from mvtec_ad.features.backbone import FeatureExtractor
+from mvtec_ad.features.engine import engine_version
 from mvtec_ad.models.components.detector import AnomalyOutput
 from mvtec_ad.report.gallery import Gallery
 from mvtec_ad.report.run_report import write_test_report
@@ -212,7 +214,7 @@ class Evaluator(Callback):
             metrics,
             pl_module.model.describe_geometry(),
             str(trainer.ckpt_path) if trainer.ckpt_path else None,
-            pl_module.extra_results(),
+            pl_module.extra_results() | backbone_engines(pl_module),
         )
         loggable = {f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         pl_module.log_dict(loggable, sync_dist=False)
@@ -241,3 +243,9 @@ class Evaluator(Callback):
     ) -> None:
         if self._gallery is not None:  # nothing of a stopped run's pictures is left in its folder
             self._gallery.close()
+
+
+def backbone_engines(module: torch.nn.Module) -> dict:
+    """{"backbone_engine": "onnxruntime 1.x"} for metrics.json: what ran the module's frozen backbones."""
+    engines = sorted({engine_version(m.engine) for m in module.modules() if isinstance(m, FeatureExtractor)})
+    return {"backbone_engine": ", ".join(engines)} if engines else {}

@@ -303,7 +303,7 @@ def query_operand(queries: torch.Tensor, centre: torch.Tensor, d: int, k2: int) 
             "the features must come from the backbone and layers the bank was fitted with."
         )
     operand = torch.nn.functional.pad((queries.detach().cpu().float() - centre) * -2.0, (0, 2 * k2 - d))
-    return operand.bfloat16().view(torch.int32)
+    return operand.bfloat16().contiguous().view(torch.int32)  # pairs need a unit stride, whatever the layout
 
 
 class LaneMinTable:

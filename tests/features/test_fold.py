@@ -25,6 +25,7 @@ def unfolded_with_statistics(backbone: str, layers: list[str]) -> FeatureExtract
             module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    extractor.engine = "torch"  # the folding under test is torch's (onnxruntime folds on its own)
     return extractor
 
 

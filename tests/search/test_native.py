@@ -69,6 +69,17 @@ def test_ties_go_to_the_first_tile_and_empty_queries_work():
     assert table.candidates(torch.empty(0, 8)).shape == (0, 32)
 
 
+def test_queries_with_a_strided_last_dim_give_the_contiguous_answer():
+    """Queries read off NCHW feature maps (permute + reshape: the channel stride is h * w, not 1)."""
+    lib = kernel_or_skip()
+    g = torch.Generator().manual_seed(4)
+    bank, maps = torch.randn(200, 16, generator=g), torch.randn(1, 16, 3, 5, generator=g)
+    queries = maps.permute(0, 2, 3, 1).reshape(-1, 16)
+    assert queries.stride(-1) != 1
+    table = native.LaneMinTable(bank, bank.mean(0), lib)
+    assert torch.equal(table.candidates(queries), table.candidates(queries.contiguous()))
+
+
 def test_queries_of_another_width_are_refused():
     lib = kernel_or_skip()
     table = native.LaneMinTable(torch.randn(40, 16), torch.zeros(16), lib)
