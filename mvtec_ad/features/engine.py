@@ -114,13 +114,11 @@ def _session(body: nn.Module, layers: Callable[[torch.Tensor], list[torch.Tensor
     graph = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        outputs = len(layers(x[:1]))
         torch.onnx.export(
             _Body(body, layers),
             (x[:1].detach().contiguous(),),
             graph,
             input_names=["images"],
-            output_names=[f"features_{i}" for i in range(outputs)],
             dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
             opset_version=17,
             dynamo=False,
