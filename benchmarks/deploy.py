@@ -10,7 +10,8 @@ kept), exported to ONNX and to OpenVINO FP32, FP16 and INT8 (NNCF, --subset_size
 and every file is run by mvtec_ad.deploy.Inferencer on the test split (the checkpoint itself through
 the same Inferencer, i.e. torch):
 
-  batch-1 ms         median time of one image through the runtime (placed input; decode excluded)
+  batch-1 ms         median time of one image through the runtime (placed input; decode excluded), 20
+                     images x 3 rounds, the config's runtimes taken in turn image by image
   images/s           the whole test split through Inferencer.predict (decode, placement, model,
                      map restore), batches of 8
   cold start s       a fresh `python -c` process: import, load the file, score one image
@@ -138,10 +139,9 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
-def measure(path: Path, samples: list, threads: int, exact: bool = False) -> dict | None:
-    """One runtime's numbers on the samples; `exact`: the checkpoint with its memory banks searched exactly
-    in float32, as the exported graphs search them (None for a detector without a bank)."""
-    from mvtec_ad.data.decode import decode_mask
+def open_runtime(path: Path, threads: int, exact: bool = False):
+    """An Inferencer for the file; `exact`: the checkpoint with its memory banks searched exactly in
+    float32, as the exported graphs search them (None for a detector without a bank)."""
     from mvtec_ad.deploy import Inferencer
 
     inferencer = Inferencer(path, threads=threads)
@@ -156,14 +156,32 @@ def measure(path: Path, samples: list, threads: int, exact: bool = False) -> dic
             return None
         for name in searches:
             setattr(model, name, BankSearch("exact_fp32"))
+    return inferencer
+
+
+def batch1_latencies(
+    inferencers: dict, paths: list[str], images: int = 20, rounds: int = 3
+) -> dict[str, float]:
+    """Median ms of one placed image per runtime, the runtimes taken in turn image by image: a machine
+    whose speed drifts (it did, by a third within an hour) slows them all alike."""
+    placed = [next(iter(inferencers.values())).place(p) for p in paths[: min(len(paths), images)]]
+    times: dict[str, list[float]] = {name: [] for name in inferencers}
+    for inferencer in inferencers.values():
+        inferencer.run(placed[0].image[None], np.array([placed[0].content]))  # warm-up
+    for _ in range(rounds):
+        for item in placed:
+            for name, inferencer in inferencers.items():
+                start = time.perf_counter()
+                inferencer.run(item.image[None], np.array([item.content]))
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def measure(inferencer, path: Path, samples: list, threads: int) -> dict:
+    """One runtime's numbers on the samples, but batch-1 latency (batch1_latencies)."""
+    from mvtec_ad.data.decode import decode_mask
+
     paths = [str(s.path) for s in samples]
-    placed = [inferencer.place(p) for p in paths[: min(len(paths), 20)]]
-    inferencer.run(placed[0].image[None], np.array([placed[0].content]))  # warm-up
-    latencies = []
-    for item in placed:
-        start = time.perf_counter()
-        inferencer.run(item.image[None], np.array([item.content]))
-        latencies.append(time.perf_counter() - start)
     start = time.perf_counter()
     results = inferencer(paths)
     seconds = time.perf_counter() - start
@@ -180,7 +198,6 @@ def measure(path: Path, samples: list, threads: int, exact: bool = False) -> dic
     )  # fmt: skip
     files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
     return {
-        "latency_ms": 1000 * statistics.median(latencies),
         "images_s": len(paths) / seconds,
         "cold_s": float(cold.stdout.strip().splitlines()[-1]),
         "mb": sum(f.stat().st_size for f in files) / 1e6,
@@ -220,11 +237,18 @@ def main() -> None:
         checkpoint = fit(name, args)
         files = export_all(name, checkpoint, args)
         samples = test_samples(checkpoint, args.limit)
+        opened = {
+            runtime: open_runtime(files[runtime], args.threads, runtime == EXACT) for runtime in RUNTIMES
+        }
+        inferencers = {
+            runtime: inferencer for runtime, inferencer in opened.items() if inferencer is not None
+        }
+        latency = batch1_latencies(inferencers, [str(s.path) for s in samples])
         reference = None
-        for runtime in RUNTIMES:
-            row = measure(files[runtime], samples, args.threads, exact=runtime == EXACT)
-            if row is None:
-                continue
+        for runtime, inferencer in inferencers.items():
+            row = measure(inferencer, files[runtime], samples, args.threads) | {
+                "latency_ms": latency[runtime]
+            }
             reference = reference or row
             delta = np.abs(row["scores"] - reference["scores"])
             relative = float(delta.max() / max(np.abs(reference["scores"]).max(), 1e-12))
