@@ -3,9 +3,9 @@
 A frozen backbone is a fixed function, so it can run outside torch. onnxruntime's CPU kernels
 (MLAS, NCHWc convolutions) ran EfficientNet-Lite0 1.45x faster than torch eager at 320 px and
 1.1-1.3x at 224 px on 2 cores (WideResNet50: 1.1x; benchmarks/backbone_engine.py), and the
-backbone is the largest share of a patchcore fit + test. The body is exported to ONNX in memory at its first CPU forward (about 1 s), with
-batch, height and width left free, and run on as many threads as torch uses. Features agree with
-torch's to ~1e-6 relative.
+backbone is the largest share of a patchcore fit + test. The body is exported to ONNX in memory
+at its first CPU forward (about 1 s), with batch, height and width left free, and run on as many
+threads as torch uses. Features agree with torch's to ~5e-6 relative.
 
 torch keeps everything that is not a plain CPU forward: GPUs, tracing and ONNX export (the
 exported detector holds the torch graph), inputs that need gradients, dtypes other than float32.
