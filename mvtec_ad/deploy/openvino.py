@@ -74,7 +74,7 @@ def quantised_scope(model) -> tuple[list[str], str]:
     # the network's own modules (/detector/<module>/...) but the head: not the nodes at /detector/'s
     # top level (pixel_ae's residual: image - reconstruction, its square and mean) nor the ones ONNX
     # or OpenVINO renamed (the head's last convolution is the output `map`), which must stay FP32
-    return [f"^(?!{MODULE_SCOPE}(?!{HEAD_SCOPE[len(MODULE_SCOPE):]})[^/]+/).*"], (
+    return [f"^(?!{MODULE_SCOPE}(?!{HEAD_SCOPE[len(MODULE_SCOPE) :]})[^/]+/).*"], (
         "the network's modules but the score and map head (residual, blur)"
     )
 
